@@ -140,7 +140,7 @@ def demo(
     """Generate the built-in demo dataset, fine-tune on it (CPU, minutes), evaluate, print results."""
     from .finetune import demo_command
 
-    demo_command(out=out, img_size=img_size, epochs=epochs, model=model, seed=seed)
+    demo_command(out_dir=out, img_size=img_size, epochs=epochs, model=model, seed=seed)
 
 
 # Sub-command modules: each exposes register(app). Kept light: no heavy imports at module level.
@@ -160,9 +160,11 @@ def main() -> None:
     except UserError as e:
         if DEBUG["on"]:
             raise
+        from rich.markup import escape
+
         from .console import err
 
-        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -175,8 +177,12 @@ def main() -> None:
     except Exception as e:  # click usage errors and genuine bugs
         import click
 
+        if isinstance(e, click.exceptions.UsageError):  # bad flag or value: one line, exit 2
+            command = e.ctx.command_path if e.ctx else "rextransfer"
+            sys.stderr.write(f"error: {e.format_message()} (see `{command} --help`)\n")
+            sys.exit(2)
         if isinstance(e, click.exceptions.ClickException):
-            e.show()
+            sys.stderr.write(f"error: {e.format_message()}\n")
             sys.exit(e.exit_code)
         if isinstance(e, click.exceptions.Exit):
             sys.exit(e.exit_code)

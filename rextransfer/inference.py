@@ -1,0 +1,125 @@
+"""Using a finished run: load its model, evaluate it on a split, predict classes for images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import from_dict
+from .console import out
+from .errors import DataError, RunError, UsageError
+from .runs import RunDir, read_json
+
+
+def load_run_model(run_dir: Path, checkpoint: str = "best", device: str = "cpu"):
+    """(model in eval mode on device, cfg, classes, data_config) of a run folder."""
+    import torch
+
+    from .distributed import select_device
+    from .models import build_backbone
+
+    run = RunDir(Path(run_dir))
+    if not run.path.is_dir():
+        raise RunError(f"run folder not found: {run.path}")
+    cfg = from_dict(run.stored_config(), f"{run.path}/config.yaml")
+    try:
+        env = read_json(run.file("env.json"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        raise RunError(f"{run.path} has no readable env.json; was the run started?") from None
+    classes = env["classes"]
+    if checkpoint not in ("best", "last"):
+        raise UsageError(f"--checkpoint must be best or last; got {checkpoint!r}")
+    path = run.best_ckpt if checkpoint == "best" else run.last_ckpt
+    if not path.exists():
+        raise RunError(f"{path} not found; the run has not evaluated yet (try --checkpoint last)")
+    cfg = from_dict({**cfg.to_dict(), "pretrained": False, "weights_file": ""}, "run")
+    backbone = build_backbone(cfg, num_classes=len(classes))
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+        backbone.model.load_state_dict(state)
+    except Exception as e:
+        raise RunError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    data_config = {k: v for k, v in env["preprocessing"].items() if k in ("input_size", "interpolation", "mean", "std", "crop_pct")}
+    dev = select_device(device)
+    return backbone.model.to(dev).eval(), cfg, classes, data_config
+
+
+def evaluate_command(run_dir: Path, *, split: str, checkpoint: str, as_json: bool, device: str) -> dict:
+    from .data import get_splits
+    from .pipeline import Pipeline
+    from .train import evaluate
+
+    model, cfg, classes, data_config = load_run_model(run_dir, checkpoint, device)
+    splits = get_splits(cfg)
+    if splits.classes != classes:
+        raise DataError("the dataset's classes no longer match the run's (data changed since training)")
+    choices = {"eval": splits.eval, "train": splits.train, **splits.extra}
+    if split not in choices:
+        raise UsageError(f"split {split!r} not available for this dataset; choose from {', '.join(choices)}")
+    device_ = next(model.parameters()).device
+    pipeline = Pipeline(cfg, data_config, device_)
+    import contextlib
+
+    import torch
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if device_.type == "cuda" else contextlib.nullcontext()
+
+    metrics, _, speed = evaluate(model, pipeline, choices[split], len(classes), autocast)
+    result = {"run": str(run_dir), "split": split if split != "eval" else splits.eval_split, "checkpoint": checkpoint,
+              "images": len(choices[split]), "headline_metric": splits.metric, **metrics, "img_per_s": speed}
+    if as_json:
+        out.print_json(json.dumps(result))
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"{run_dir} · {result['split']} ({result['images']} images) · {checkpoint}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key in ("top1", "top5", "mean_class_acc", "loss"):
+            table.add_row(key + (" (headline)" if key == splits.metric else ""), f"{metrics[key]:.4f}" if key == "loss" else f"{metrics[key]:.2f}")
+        out.print(table)
+    return result
+
+
+def predict_command(run_dir: Path, images: list[Path], *, top_k: int, checkpoint: str, as_json: bool, device: str) -> list[dict]:
+    import torch
+
+    from .data.base import FileSamples
+    from .data.images import ImageDecodeError, open_rgb
+    from .pipeline import Pipeline
+
+    if top_k < 1:
+        raise UsageError("--top-k must be at least 1")
+    for path in images:
+        if not Path(path).is_file():
+            raise DataError(f"image not found: {path}")
+        try:
+            open_rgb(path)
+        except ImageDecodeError as e:
+            raise DataError(f"cannot read {path}: {e.reason} ({e.detail})") from None
+    model, cfg, classes, data_config = load_run_model(run_dir, checkpoint, device)
+    device_ = next(model.parameters()).device
+    pipeline = Pipeline(cfg, data_config, device_)
+    samples = FileSamples(images, [0] * len(images), classes, "predict")
+    k = min(top_k, len(classes))
+    results = []
+    with torch.no_grad():
+        done = 0
+        for batch, _ in pipeline.eval_batches(samples):
+            probs = model(batch).float().softmax(dim=1)
+            values, indices = probs.topk(k, dim=1)
+            for v, i in zip(values.tolist(), indices.tolist()):
+                results.append({"image": str(images[done]), "top": [{"class": classes[c], "index": c, "prob": p} for p, c in zip(v, i)]})
+                done += 1
+    if as_json:
+        out.print_json(json.dumps(results))
+    else:
+        for r in results:
+            out.print(f"{r['image']}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"]), markup=False)
+    return results
