@@ -11,6 +11,7 @@ optimizer steps, sizes are pixels, batch_size is the *global* batch per optimize
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -108,7 +109,7 @@ class Config:
                 raise UsageError(f"{key} must be >= 0; got {getattr(self, key)}")
         if self.epochs == 0 and self.steps == 0:
             raise UsageError("set a training length: epochs > 0 or steps > 0")
-        if self.lr <= 0:
+        if not (math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"lr must be positive; got {self.lr}")
         for key in ("val_split", "val_fraction", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
@@ -142,7 +143,10 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
     bad = UsageError(f"setting {key!r} in {origin} must be {_type_name(kind)}; got {value!r}")
     if typing.get_origin(kind) is list:
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            try:
+                value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            except yaml.YAMLError:
+                raise bad from None
         if not isinstance(value, list):
             raise bad
         try:
@@ -166,7 +170,13 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
             try:
                 return int(value.replace("_", ""))
             except ValueError:
+                pass
+            try:  # "2e4" (PyYAML reads exponent notation without a dot as a string)
+                number = float(value)
+            except ValueError:
                 raise bad from None
+            if number.is_integer():
+                return int(number)
         raise bad
     if kind is float:
         if isinstance(value, bool):
@@ -176,6 +186,8 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         except (TypeError, ValueError):
             raise bad from None
     if kind is str:
+        if isinstance(value, bool):  # YAML reads `amp: off` / `channels_last: on` as booleans
+            return "on" if value else "off"
         if isinstance(value, (dict, list)):
             raise bad
         return "" if value is None else str(value)
