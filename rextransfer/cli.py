@@ -12,12 +12,32 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .errors import UserError
 
+class _Group(TyperGroup):
+    """Turns a UserError anywhere below into one line on stderr and its documented exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            if DEBUG["on"]:
+                raise
+            from rich.markup import escape
+
+            from .console import err
+
+            err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
+            ctx.exit(e.exit_code)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="rextransfer",
     help="Fine-tune ImageNet-pretrained ReXNet on fine-grained images and compare it with ResNet50 "
     "and EfficientNet-B0, as in the ReXNet paper (CVPR 2021).",
@@ -54,7 +74,7 @@ def _root(
 def finetune(
     dataset: Annotated[str, typer.Argument(help="A dataset name (food101, cars, aircraft, flowers102, demo) or an image folder.")],
     # Data
-    data_root: Annotated[Optional[Path], typer.Option(help="Where built-in datasets live [env REXTRANSFER_DATA].", rich_help_panel=DATA)] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Where built-in datasets live \\[env REXTRANSFER_DATA].", rich_help_panel=DATA)] = None,
     source: Annotated[Optional[str], typer.Option(help="original | hub | auto.", rich_help_panel=DATA)] = None,
     val_split: Annotated[Optional[float], typer.Option(help="Hold out this stratified share of train for model selection (0 = evaluate on test).", rich_help_panel=DATA)] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Folder datasets without val/ or test/: share held out for evaluation.", rich_help_panel=DATA)] = None,
@@ -109,7 +129,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
     """Evaluate a run's checkpoint on a split."""
-    from .finetune import evaluate_command
+    from .inference import evaluate_command
 
     evaluate_command(run_dir, split=split, checkpoint=checkpoint, as_json=json_out, device=device)
 
@@ -124,7 +144,7 @@ def predict(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
     """Top-k predictions with class names for some images."""
-    from .finetune import predict_command
+    from .inference import predict_command
 
     predict_command(run_dir, images, top_k=top_k, checkpoint=checkpoint, as_json=json_out, device=device)
 
@@ -132,8 +152,8 @@ def predict(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where to write the demo dataset and run.")] = Path("runs/demo"),
-    img_size: Annotated[int, typer.Option(help="Image size in pixels.")] = 64,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 6,
+    img_size: Annotated[Optional[int], typer.Option(help="Image size in pixels (default: the demo recipe's 64).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the demo recipe's).")] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="Backbone.")] = "rexnet",
     seed: Annotated[int, typer.Option(help="Seed of the generated data and of training.")] = 0,
 ) -> None:

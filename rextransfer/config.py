@@ -68,6 +68,7 @@ class Config:
     mix_prob: float = 1.0             # probability a batch is mixed when mixup/cutmix > 0
     ema: bool = False                 # keep an EMA of the weights and evaluate it
     ema_decay: float = 0.999          # per optimizer step
+    zero_head: bool = True            # zero-init the new classifier (BiT): no random logits at step 0
     head_lr_mult: float = 1.0         # lr multiplier of the new classifier head
     layer_decay: float = 0.0          # layer-wise lr decay (0 = off); timm param groups
     probe_epochs: int = 0             # head-only (linear probe) epochs before unfreezing

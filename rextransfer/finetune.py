@@ -98,6 +98,8 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
     # 5. Model (seeded: the new head's init is part of the run's identity).
     seed_everything(cfg.seed)
     backbone = models.build_backbone(cfg, num_classes=len(splits.classes))
+    if cfg.zero_head:
+        models.zero_head(backbone.model)
     costs = models.model_costs(backbone.model, cfg.img_size)
     from .pipeline import Pipeline
 
@@ -105,8 +107,6 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
     if dry_run:
         _print_dry_run(cfg, splits, backbone, costs, pipeline, run)
         return None
-    if len(splits.train) < cfg.batch_size:
-        raise DataError(f"the training split has {len(splits.train)} images, fewer than one batch ({cfg.batch_size}); lower --batch-size")
 
     # 6. Run folder (rank 0 writes; the others only train).
     resume_state = None
@@ -292,14 +292,14 @@ def _shutdown(dist: Any) -> None:
             tdist.destroy_process_group()
 
 
-def demo_command(*, out_dir: Path, img_size: int, epochs: int, model: str, seed: int) -> None:
+def demo_command(*, out_dir: Path, img_size: int | None, epochs: int | None, model: str, seed: int) -> None:
     """Generate the demo birds, fine-tune through the folder path, print the results."""
     from . import models
     from .data.demo import generate
 
-    data = generate(Path(out_dir) / "data", seed=seed)
-    flags: dict[str, Any] = {"model": model, "img_size": img_size, "epochs": epochs, "seed": seed,
-                             "runs_dir": str(Path(out_dir) / "runs")}
+    data = generate(Path(out_dir) / "birds", seed=seed)
+    flags: dict[str, Any] = {"model": model, "seed": seed, "runs_dir": str(Path(out_dir) / "runs")}
+    flags.update({k: v for k, v in (("img_size", img_size), ("epochs", epochs)) if v is not None})
     try:
         models.ensure_weights_available(from_dict({**Config().to_dict(), **flags}, "demo"))
     except UserError as e:

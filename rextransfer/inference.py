@@ -74,7 +74,7 @@ def evaluate_command(run_dir: Path, *, split: str, checkpoint: str, as_json: boo
     result = {"run": str(run_dir), "split": split if split != "eval" else splits.eval_split, "checkpoint": checkpoint,
               "images": len(choices[split]), "headline_metric": splits.metric, **metrics, "img_per_s": speed}
     if as_json:
-        out.print_json(json.dumps(result))
+        print(json.dumps(result))
     else:
         from rich.table import Table
 
@@ -118,7 +118,7 @@ def predict_command(run_dir: Path, images: list[Path], *, top_k: int, checkpoint
                 results.append({"image": str(images[done]), "top": [{"class": classes[c], "index": c, "prob": p} for p, c in zip(v, i)]})
                 done += 1
     if as_json:
-        out.print_json(json.dumps(results))
+        print(json.dumps(results))
     else:
         for r in results:
             out.print(f"{r['image']}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"]), markup=False)

@@ -186,6 +186,16 @@ def head_parameter_names(model: torch.nn.Module) -> set[str]:
     return {name for name, p in model.named_parameters() if id(p) in ids}
 
 
+def zero_head(model: torch.nn.Module) -> None:
+    """Zero the new classifier (BiT's choice): the first steps then start from uniform predictions
+    instead of large random logits, which a random 1280-d head gives and which destabilise training."""
+    heads = model.get_classifier()
+    with torch.no_grad():
+        for head in heads if isinstance(heads, (tuple, list)) else (heads,):
+            for p in head.parameters():
+                p.zero_()
+
+
 # ------------------------------------------------------------------------------------------------
 # Costs
 # ------------------------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ import yaml
 from .errors import EnvironmentProblem, RunError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success fsync it and rename it over `path`."""
@@ -40,10 +44,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; run files are ordinary files
         os.replace(tmp_path, path)
     except OSError as e:
         tmp_path.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise EnvironmentProblem(f"disk full while writing {path}; the previous version is intact — free space and resume") from None
         raise
     except BaseException:
@@ -141,7 +146,7 @@ class RunDir:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise EnvironmentProblem(f"disk full while writing {self.path / 'metrics.jsonl'}; free space and resume") from None
             raise
 

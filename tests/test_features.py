@@ -1,0 +1,141 @@
+"""Each training feature, switched on, changes what it should (and nothing else breaks)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rextransfer.config import Config
+from rextransfer.finetune import run_finetune
+from rextransfer.train import apply_bn_momentum, lr_factor, make_optimizer, param_groups
+from synthetic import make_patterns
+
+BASE = {"model": "rexnet", "pretrained": False, "img_size": 32, "batch_size": 16, "workers": 0,
+        "epochs": 1, "lr": 0.05, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_patterns(tmp_path_factory.mktemp("feat"), per_class=8, test_per_class=3)
+
+
+def train(data, tmp_path, name, **flags):
+    run = run_finetune(str(data), flags={**BASE, **flags}, name=name, runs_dir=str(tmp_path / "runs"))
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    return run, last
+
+
+def initial_state(**flags):
+    """The weights a run starts from: same seed, same registry call."""
+    from rextransfer import models
+    from rextransfer.distributed import seed_everything
+
+    cfg = Config(**{**BASE, **flags})
+    seed_everything(cfg.seed)
+    return models.build_backbone(cfg, num_classes=4).model.state_dict()
+
+
+def test_head_only_epochs_leave_the_backbone_unchanged(data, tmp_path):
+    run, last = train(data, tmp_path, "probe", probe_epochs=1, epochs=1)
+    start = initial_state()
+    head = {k for k in start if k.startswith("head.fc")}
+    for key, value in start.items():
+        if key in head:
+            assert not torch.equal(value, last["model"][key]), f"head {key} did not train"
+        else:
+            assert torch.equal(value, last["model"][key]), f"backbone {key} changed during the probe"
+
+
+def test_without_probe_the_backbone_trains(data, tmp_path):
+    _, last = train(data, tmp_path, "full")
+    start = initial_state()
+    assert not torch.equal(start["stem.conv.weight"], last["model"]["stem.conv.weight"])
+    assert not torch.equal(start["stem.bn.running_mean"], last["model"]["stem.bn.running_mean"])
+
+
+def test_ema_is_kept_and_evaluated(data, tmp_path):
+    run, last = train(data, tmp_path, "ema", ema=True, ema_decay=0.5)
+    assert last["ema"] is not None
+    assert not torch.equal(last["ema"]["stem.conv.weight"], last["model"]["stem.conv.weight"])
+    best = load_file(str(run / "checkpoints" / "best.safetensors"))  # one epoch: best is the EMA at the end
+    assert torch.equal(best["stem.conv.weight"], last["ema"]["stem.conv.weight"])
+
+
+def test_gradient_clipping_limits_the_update(data, tmp_path):
+    start = initial_state()
+    _, free = train(data, tmp_path, "noclip")
+    _, clipped = train(data, tmp_path, "clip", clip_grad=1e-6)
+    key = "features.5.conv_pwl.conv.weight" if "features.5.conv_pwl.conv.weight" in start else "stem.conv.weight"
+    moved_free = (free["model"][key] - start[key]).abs().max()
+    moved_clipped = (clipped["model"][key] - start[key]).abs().max()
+    assert moved_clipped < moved_free / 10
+
+
+def test_mixup_and_label_smoothing_change_the_training_loss(data, tmp_path):
+    plain, _ = train(data, tmp_path, "plain")
+    mixed, _ = train(data, tmp_path, "mixed", mixup=0.8, cutmix=1.0, label_smoothing=0.1)
+    loss = lambda run: json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+    assert loss(plain) != loss(mixed)
+
+
+def test_gradient_accumulation_keeps_steps_and_halves_micro_batches(data, tmp_path):
+    from rextransfer.pipeline import Pipeline
+
+    run, last = train(data, tmp_path, "accum", grad_accum=2)
+    assert last["step"] == 2  # 32 images / 16 per optimizer step
+    cfg = Config(**{**BASE, "grad_accum": 2})
+    pipe = Pipeline(cfg, {"mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 0.875, "interpolation": "bilinear"}, torch.device("cpu"))
+    sizes = [x.shape[0] for x, _ in pipe.train_batches(__import__("rextransfer.data.folder", fromlist=["x"]).load_folder(data).train, 0)]
+    assert sizes == [8, 8, 8, 8]
+
+
+def test_early_stopping_ends_the_run(data, tmp_path):
+    # a frozen backbone (probe) and a vanishing lr: the headline cannot improve after epoch 1
+    run, last = train(data, tmp_path, "early", epochs=8, probe_epochs=8, lr=1e-12, early_stop=1)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_early"] is True and summary["epochs"] == 2
+
+
+def test_bf16_autocast_and_channels_last_run_on_cpu(data, tmp_path):
+    run, last = train(data, tmp_path, "bf16", amp="bf16", channels_last="on")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["final"]["loss"] == summary["final"]["loss"]
+
+
+def test_lr_schedules():
+    cfg = Config(lr=1.0, warmup_steps=10, schedule="cosine")
+    assert lr_factor(0, 100, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, 100, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, 100, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, 100, cfg) == pytest.approx(0.5)
+    assert lr_factor(99, 100, cfg) < 0.001
+    step = Config(schedule="step", step_milestones=[0.5, 0.75], step_gamma=0.1)
+    assert [lr_factor(s, 100, step) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_param_groups_head_multiplier_layer_decay_and_no_decay_on_norms():
+    import timm
+
+    model = timm.create_model("rexnet_100", num_classes=4)
+    head = {n for n, _ in model.named_parameters() if n.startswith("head.fc")}
+    groups = param_groups(model, Config(head_lr_mult=10.0, weight_decay=1e-4), head)
+    by_name = {n: g for g in groups for n in g["param_names"]}
+    assert by_name["head.fc.weight"]["lr_scale"] == 10.0 and by_name["stem.conv.weight"]["lr_scale"] == 1.0
+    assert by_name["stem.bn.weight"]["weight_decay"] == 0.0 and by_name["stem.conv.weight"]["weight_decay"] == 1e-4
+    layered = {n: g for g in param_groups(model, Config(layer_decay=0.7), head) for n in g["param_names"]}
+    assert layered["stem.conv.weight"]["lr_scale"] < layered["features.15.conv_pwl.conv.weight"]["lr_scale"] <= layered["head.fc.weight"]["lr_scale"]
+    opt = make_optimizer(model, Config(optimizer="sgd", nesterov=True), head)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["nesterov"] is True
+    assert isinstance(make_optimizer(model, Config(optimizer="adamw"), head), torch.optim.AdamW)
+
+
+def test_bn_momentum_rule():
+    import timm
+
+    model = timm.create_model("rexnet_100", num_classes=4)
+    assert apply_bn_momentum(model, Config(bn_momentum="auto"), steps_per_epoch=1000) == pytest.approx(0.01)
+    assert apply_bn_momentum(model, Config(bn_momentum="auto"), steps_per_epoch=8) == pytest.approx(0.1)
+    assert model.stem.bn.momentum == pytest.approx(0.1)
+    assert apply_bn_momentum(model, Config(bn_momentum="0.05"), steps_per_epoch=8) == pytest.approx(0.05)
+    assert apply_bn_momentum(model, Config(), steps_per_epoch=8) is None
