@@ -12,9 +12,13 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
+
+try:  # typer >= 0.20 vendors its own click; older releases use click itself
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
 
 from . import __version__
 from .errors import UserError
@@ -22,7 +26,7 @@ from .errors import UserError
 class _Group(TyperGroup):
     """Turns a UserError anywhere below into one line on stderr and its documented exit code."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as e:
@@ -72,7 +76,7 @@ def _root(
 # --------------------------------------------------------------------------------------------
 @app.command(no_args_is_help=True)
 def finetune(
-    dataset: Annotated[str, typer.Argument(help="A dataset name (food101, cars, aircraft, flowers102, demo) or an image folder.")],
+    dataset: Annotated[Optional[str], typer.Argument(help="A dataset name (food101, cars, aircraft, flowers102, demo) or an image folder; omit with --resume.")] = None,
     # Data
     data_root: Annotated[Optional[Path], typer.Option(help="Where built-in datasets live \\[env REXTRANSFER_DATA].", rich_help_panel=DATA)] = None,
     source: Annotated[Optional[str], typer.Option(help="original | hub | auto.", rich_help_panel=DATA)] = None,
@@ -176,7 +180,9 @@ for _module in COMMAND_MODULES:
 def main() -> None:
     """Entry point: run the app, turning UserError into one line and a documented exit code."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns the code of ctx.exit() instead of raising
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as e:
         if DEBUG["on"]:
             raise
@@ -195,16 +201,12 @@ def main() -> None:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
     except Exception as e:  # click usage errors and genuine bugs
-        import click
-
-        if isinstance(e, click.exceptions.UsageError):  # bad flag or value: one line, exit 2
+        if isinstance(e, click_exceptions.UsageError):  # bad flag or value: one line, exit 2
             command = e.ctx.command_path if e.ctx else "rextransfer"
             sys.stderr.write(f"error: {e.format_message()} (see `{command} --help`)\n")
             sys.exit(2)
-        if isinstance(e, click.exceptions.ClickException):
+        if isinstance(e, click_exceptions.ClickException):
             sys.stderr.write(f"error: {e.format_message()}\n")
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
             sys.exit(e.exit_code)
         if DEBUG["on"]:
             raise

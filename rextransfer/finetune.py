@@ -93,6 +93,7 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
         result = scan_samples(getattr(splits, split_name), policy=cfg.bad_files)
         scans[split_name] = result
         if result.bad:
+            log(f"[yellow]{result.summary()}; skipped (listed in bad_files.csv)[/]")
             setattr(splits, split_name, getattr(splits, split_name).subset(result.good))
 
     # 5. Model (seeded: the new head's init is part of the run's identity).
@@ -125,7 +126,7 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
         write_text(run.file("config.yaml"), to_yaml(cfg))
         write_json(run.file("env.json"), _env(cfg, device, dist, splits, backbone, weight_source, scans))
         if any(s.bad for s in scans.values()):
-            write_bad_files_csv([b for s in scans.values() for b in s.bad], run.file("bad_files.csv"))
+            write_bad_files_csv(list(scans.values()), run.file("bad_files.csv"))
         log(f"run folder: {run.path}")
 
     # 7. Train.

@@ -62,7 +62,9 @@ def param_groups(model: nn.Module, cfg: Config, head_names: set[str]) -> list[di
     if cfg.layer_decay:
         from timm.optim import param_groups_layer_decay
 
-        base = param_groups_layer_decay(model, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+        names = {id(p): n for n, p in model.named_parameters()}
+        base = [{**g, "param_names": [names[id(p)] for p in g["params"]]}
+                for g in param_groups_layer_decay(model, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)]
     else:
         decay, no_decay = [], []
         for name, p in model.named_parameters():
