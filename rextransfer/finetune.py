@@ -59,12 +59,6 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
         cfg = recipes.resolve_run_config(dataset, recipe=recipe, model_hint=None, config_file=config_file,
                                          flags=flags, sets=sets or [])
         run = RunDir(Path(cfg.runs_dir) / dataset_label(cfg.dataset) / (name or RunDir.default_name(cfg.model, cfg.width)))
-    # 2. Processes and devices (torchrun sets WORLD_SIZE), seeds.
-    from .distributed import broadcast_object, init_distributed, seed_everything
-
-    dist, device = init_distributed(cfg)
-    run = RunDir(broadcast_object(run.path, dist))  # one folder for all ranks (the name has a timestamp)
-
     status = run.status()
     if status == "complete":
         if complete_is_error and not dry_run:
@@ -72,12 +66,13 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
         return run.path
     resuming = status in ("interrupted", "failed", "running") and run.last_ckpt.exists()
 
-    # 3. Weights must be reachable before anything imports huggingface_hub (it reads the offline flag once).
-    from . import models
+    # 2. Weights must be reachable before anything imports huggingface_hub (it reads the offline
+    #    flag once); this and the data checks run before torch is imported, so mistakes fail fast.
+    from .weights import ensure_weights_available
 
-    weight_source = models.ensure_weights_available(cfg)
+    weight_source = ensure_weights_available(cfg)
 
-    # 4. Data: load, apply a size-dependent recipe rule, scan for bad files.
+    # 3. Data: load, apply a size-dependent recipe rule.
     from .data import get_splits
 
     splits = get_splits(cfg)
@@ -86,6 +81,15 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
                                          flags=flags, sets=sets or [], n_train=len(splits.train))
     if resuming and resume is None:  # same --name again: only if nothing that shapes the result changed
         _check_compatible(from_dict(run.stored_config(), "stored config"), _differences(cfg, run), run)
+
+    # 4. Processes and devices (torchrun sets WORLD_SIZE); one run folder for all ranks.
+    from . import models
+    from .distributed import broadcast_object, init_distributed, seed_everything
+
+    dist, device = init_distributed(cfg)
+    run = RunDir(broadcast_object(run.path, dist))  # rank 0's name (it carries a timestamp)
+
+    # 5. Pre-flight scan: unreadable images are skipped (listed in bad_files.csv) or fail the run.
     from .data.scan import scan_samples, write_bad_files_csv
 
     scans = {}
@@ -96,7 +100,7 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
             log(f"[yellow]{result.summary()}; skipped (listed in bad_files.csv)[/]")
             setattr(splits, split_name, getattr(splits, split_name).subset(result.good))
 
-    # 5. Model (seeded: the new head's init is part of the run's identity).
+    # 6. Model (seeded: the new head's init is part of the run's identity).
     seed_everything(cfg.seed)
     backbone = models.build_backbone(cfg, num_classes=len(splits.classes))
     if cfg.zero_head:
@@ -109,7 +113,7 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
         _print_dry_run(cfg, splits, backbone, costs, pipeline, run)
         return None
 
-    # 6. Run folder (rank 0 writes; the others only train).
+    # 7. Run folder (rank 0 writes; the others only train).
     resume_state = None
     if resuming:
         import torch
@@ -118,10 +122,11 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
             resume_state = torch.load(run.last_ckpt, map_location="cpu", weights_only=True)
         except Exception as e:  # torn or foreign file
             raise RunError(f"cannot resume {run.path}: checkpoint unreadable ({type(e).__name__}); start a new run with another --name") from None
-        if dist.main:
-            run.truncate_metrics(resume_state["epoch"])
     elif dist.main:
         run.create()
+        run.rewrite_metrics([])  # a folder reused without a checkpoint starts a clean log
+    if dist.main:
+        run.remove_stale_temp_files()
     if dist.main:
         write_text(run.file("config.yaml"), to_yaml(cfg))
         write_json(run.file("env.json"), _env(cfg, device, dist, splits, backbone, weight_source, scans))
@@ -129,9 +134,10 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
             write_bad_files_csv(list(scans.values()), run.file("bad_files.csv"))
         log(f"run folder: {run.path}")
 
-    # 7. Train.
+    # 8. Train.
     from .train import train
 
+    pipeline.prepare(splits.train, splits.eval)  # build pixel caches now, not inside epoch 1's timing
     model = backbone.model.to(device)
     if pipeline.channels_last:
         import torch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -105,7 +106,8 @@ def predict_command(run_dir: Path, images: list[Path], *, top_k: int, checkpoint
             raise DataError(f"cannot read {path}: {e.reason} ({e.detail})") from None
     model, cfg, classes, data_config = load_run_model(run_dir, checkpoint, device)
     device_ = next(model.parameters()).device
-    pipeline = Pipeline(cfg, data_config, device_)
+    # a few loose images: decode them directly, no pixel cache and no worker processes
+    pipeline = Pipeline(dataclasses.replace(cfg, cache=False, workers=0), data_config, device_)
     samples = FileSamples(images, [0] * len(images), classes, "predict")
     k = min(top_k, len(classes))
     results = []

@@ -46,14 +46,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; run files are ordinary files
         os.replace(tmp_path, path)
-    except OSError as e:
+    except BaseException as e:
         tmp_path.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if disk_full(e):
             raise EnvironmentProblem(f"disk full while writing {path}; the previous version is intact — free space and resume") from None
         raise
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_FULL_TEXTS = ("no space left", "file too large", "disk quota", "os error 28", "os error 27", "file write failed")
+
+
+def disk_full(e: BaseException) -> bool:
+    """OSError from Python, or the wrapped errors of torch.save (RuntimeError) and safetensors."""
+    if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+        return True
+    return isinstance(e, Exception) and any(text in str(e).lower() for text in _FULL_TEXTS)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -146,7 +154,7 @@ class RunDir:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            if disk_full(e):
                 raise EnvironmentProblem(f"disk full while writing {self.path / 'metrics.jsonl'}; free space and resume") from None
             raise
 
@@ -163,7 +171,12 @@ class RunDir:
                 continue  # a line torn by a kill mid-write
         return rows
 
-    def truncate_metrics(self, upto_epoch: int) -> None:
-        """On resume, forget epoch lines written after the checkpoint we resume from."""
-        rows = [r for r in self.metrics() if r.get("epoch", 0) <= upto_epoch]
-        write_text(self.path / "metrics.jsonl", "".join(json.dumps(_json_safe(r)) + "\n" for r in rows))
+    def rewrite_metrics(self, records: list[dict]) -> None:
+        """On resume: metrics.jsonl becomes exactly the epochs the checkpoint holds."""
+        write_text(self.path / "metrics.jsonl", "".join(json.dumps(_json_safe(r)) + "\n" for r in records))
+
+    def remove_stale_temp_files(self) -> None:
+        """Temp files of writes a SIGKILL interrupted (the real files are intact)."""
+        for folder in (self.path, self.path / "checkpoints"):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)

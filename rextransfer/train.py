@@ -231,6 +231,7 @@ def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_n
     bad_evals = 0
     epoch_acc = {"loss_sum": 0.0, "seen": 0, "data_s": 0.0, "train_s": 0.0}
     last_eval: dict = {}
+    history: list[dict] = []  # the epoch records; metrics.jsonl is rebuilt from it on resume
     wall_before, wall_start = 0.0, time.perf_counter()  # wall time of earlier sessions of this run
     if resume:
         model.load_state_dict(resume["model"])
@@ -241,6 +242,9 @@ def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_n
         best, bad_evals, epoch_acc = resume["best"], resume["bad_evals"], resume["epoch_acc"]
         last_eval = resume.get("last_eval", {})
         wall_before = resume.get("wall_time_s", 0.0)
+        history = list(resume.get("history", []))
+        if dist.main:  # a kill between checkpoint and log line, or after the log line: the checkpoint decides
+            run.rewrite_metrics(history)
         set_rng_state(resume["rng"])
         if dist.main:
             log(f"resuming at epoch {epoch + 1}, step {step}/{total_steps}")
@@ -251,7 +255,7 @@ def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_n
             "ema": ema.module.state_dict() if ema is not None else None,
             "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best,
             "bad_evals": bad_evals, "epoch_acc": epoch_acc, "last_eval": last_eval,
-            "rng": rng_state(), "config": cfg.to_dict(),
+            "rng": rng_state(), "config": cfg.to_dict(), "history": history,
             "wall_time_s": wall_before + time.perf_counter() - wall_start,
         }
 
@@ -342,9 +346,10 @@ def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_n
                     bad_evals += 1
                 bar.note(f"epoch {epoch}/{epochs}  {headline} {metrics[headline]:.2f}  loss {metrics['loss']:.3f}")
                 stopped_early = bool(cfg.early_stop) and bad_evals >= cfg.early_stop
+            history.append(record)
+            save_last()  # first the checkpoint (it holds the record), then the log line
             if dist.main:
                 run.append_metrics(record)
-            save_last()
             if dist.world > 1:
                 stopped_early = _broadcast_flag(stopped_early)
     return {"last_eval": last_eval, "best": best, "steps": step, "epochs": epoch,
