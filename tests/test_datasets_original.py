@@ -190,8 +190,9 @@ def test_finetune_with_a_missing_data_root_is_a_one_line_error(tmp_path):
 
     result = CliRunner().invoke(app, ["finetune", "flowers102", "--data-root", str(tmp_path / "nowhere"),
                                       "--no-pretrained", "--dry-run"])
-    assert isinstance(result.exception, DataError), result.output
-    assert "\n" not in str(result.exception) and "rextransfer download flowers102" in str(result.exception)
+    assert result.exit_code == DataError.exit_code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "rextransfer download flowers102" in lines[0], result.stderr
 
 
 def test_finetune_flowers_end_to_end(tmp_path):

@@ -212,8 +212,9 @@ def test_offline_hub_download_is_a_fast_one_line_error(tmp_path):
 
 def test_cars_original_download_points_to_the_hub(tmp_path):
     result = CliRunner().invoke(app, ["download", "stanford_cars", "--source", "original", "--data-root", str(tmp_path)])
-    assert isinstance(result.exception, DataError)
-    assert "dead" in str(result.exception) and "--source hub" in str(result.exception)
+    assert result.exit_code == DataError.exit_code, result.output
+    assert "dead" in result.stderr and "--source hub" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_download_of_a_present_dataset_does_nothing(tmp_path):
@@ -225,7 +226,7 @@ def test_download_of_a_present_dataset_does_nothing(tmp_path):
 
 def test_download_of_an_unknown_dataset_lists_the_choices(tmp_path):
     result = CliRunner().invoke(app, ["download", "imagenet", "--data-root", str(tmp_path)])
-    assert isinstance(result.exception, DataError) and "food101" in str(result.exception)
+    assert result.exit_code == DataError.exit_code and "food101" in result.stderr, result.output
 
 
 def test_datasets_command_lists_facts_and_what_is_present(tmp_path):
