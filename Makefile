@@ -8,7 +8,6 @@ PY     := $(VENV)/bin/python
 # The stamp file re-installs when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 

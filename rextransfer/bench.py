@@ -31,15 +31,9 @@ NUM_CLASSES = 1000  # ImageNet head: params match the published model sizes
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
-    return dev
+    from .distributed import select_device
+
+    return select_device(device)
 
 
 def device_name(dev: torch.device) -> str:

@@ -113,3 +113,14 @@ def test_images_always_arrive_as_rgb(tmp_path, mode, ext):
     splits = load_folder(tmp_path)
     im = splits.train.load(0)
     assert im.mode == "RGB" and im.size == (12, 10)
+
+
+def test_unicode_and_uppercase_names(tmp_path):
+    for name in ("café_crème", "Ötzi", "鳥"):
+        for i, stem in enumerate(("ünïcode", "UPPER", "mixed Case")):
+            img(tmp_path / name / f"{stem}{i}.JPG")
+    splits = load_folder(tmp_path, val_fraction=0.34)
+    assert splits.classes == sorted(["café_crème", "Ötzi", "鳥"])
+    full = splits.extra["train_full"]
+    assert len(full) == 9
+    assert all(full.load(i).mode == "RGB" for i in range(len(full)))

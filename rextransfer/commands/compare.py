@@ -1,6 +1,7 @@
 """`rextransfer compare` (the paper's table from run folders; --run trains the missing cells) and
 `rextransfer bench` (backbone throughput on this machine). Parsing and reporting only: the work is
-in rextransfer/compare.py and rextransfer/bench.py, imported inside the commands.
+in rextransfer/compare.py (the table), compare_render.py (its formats), grid.py (--run) and
+rextransfer/bench.py, imported inside the commands.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def register(app: typer.Typer) -> None:
         from rich.markup import escape
 
         from .. import compare as cmp
+        from .. import compare_render as render
+        from .. import grid
         from ..console import err, out
         from ..errors import UsageError
 
@@ -72,7 +75,7 @@ def register(app: typer.Typer) -> None:
         ds_list, model_list, sets = _split(datasets), _split(models), list(set_ or [])
         failures, todo = [], []
         if run or dry_run:
-            plan = cmp.plan_grid(runs, datasets=ds_list, models=model_list, seeds=_seeds(seeds), recipe=recipe,
+            plan = grid.plan_grid(runs, datasets=ds_list, models=model_list, seeds=_seeds(seeds), recipe=recipe,
                                  sets=sets, pretrained=pretrained)
             todo = [c for c in plan if c.state != "done"]
             if dry_run:
@@ -87,7 +90,7 @@ def register(app: typer.Typer) -> None:
                     action = {"done": "skip (complete)", "resume": "resume", "new": "train"}[c.state]
                     recipe_name = c.recipe or f"{default_recipe_for(c.dataset)} (dataset's own)"
                     table.add_row(*map(Text, (c.dataset, c.model, f"{c.width:.1f}", str(c.seed), recipe_name, str(c.run_dir), action)))
-                cmp.print_wide(out, table)
+                render.print_wide(out, table)
                 return
             err.print(f"grid: {len(plan)} cells, {len(plan) - len(todo)} complete, {len(todo)} to run", markup=False)
 
@@ -95,23 +98,23 @@ def register(app: typer.Typer) -> None:
                 verb = "resuming" if c.state == "resume" else "training"
                 err.print(f"[bold]\\[{i}/{n}][/] {verb} " + escape(f"{c.dataset} · {c.model} x{c.width} · seed {c.seed} -> {c.run_dir}"))
 
-            failures = cmp.run_grid(plan, runs_dir=runs, sets=sets, pretrained=pretrained, on_start=started)
+            failures = grid.run_grid(plan, runs_dir=runs, sets=sets, pretrained=pretrained, on_start=started)
             for c, e in failures:
                 err.print("[bold red]failed:[/] " + escape(f"{c.dataset} · {c.model} x{c.width} · seed {c.seed}: {e}"))
 
         comparison = cmp.build(runs, datasets=ds_list, models=model_list,
                                bench_paths=[bench_file] if bench_file else None)
         if fmt == "table" and out_file is None:
-            cmp.render_rich(comparison, out)
+            render.render_rich(comparison, out)
         else:
-            render = {"table": cmp.render_text, "markdown": cmp.render_markdown, "csv": cmp.render_csv, "json": cmp.render_json}[fmt]
-            _write(render(comparison), out_file)
+            to_text = {"table": render.render_text, "markdown": render.render_markdown, "csv": render.render_csv, "json": render.render_json}[fmt]
+            _write(to_text(comparison), out_file)
             if fmt == "csv" and comparison.incomplete:  # CSV holds results only; say what was left out
                 err.print("not counted (not complete): " + ", ".join(f"{i.dataset}/{i.name} ({i.status})" for i in comparison.incomplete), markup=False)
         if plot_file is not None:
-            err.print(f"wrote {cmp.plot(comparison, plot_file)}", markup=False)
+            err.print(f"wrote {render.plot(comparison, plot_file)}", markup=False)
         if failures:
-            raise cmp.grid_failure(failures, len(todo))
+            raise grid.grid_failure(failures, len(todo))
 
     @app.command()
     def bench(
@@ -128,7 +131,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from ..bench import default_path, run_bench
-        from ..compare import print_wide
+        from ..compare_render import print_wide
         from ..console import err, out
         from ..runs import write_json
 

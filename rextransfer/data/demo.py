@@ -18,10 +18,10 @@ from PIL import Image, ImageDraw, ImageFilter
 from .base import DataSplits, DatasetInfo, register
 
 WING = {"amber": (235, 150, 30), "teal": (30, 160, 170)}
-BEAK = {"short": 0.28, "long": 0.62}
+BEAK = {"short": 0.22, "long": 0.8}  # beak length / head scale: visible at 64 px, yet a small detail
 TAIL = {"plain": 0, "barred": 3}
 SPECIES = [(w, b, t) for w in WING for b in BEAK for t in TAIL]
-VERSION = 1  # bump when the drawing changes, so stale demo folders are regenerated
+VERSION = 2  # bump when the drawing changes, so stale demo folders are regenerated
 
 
 def species_name(wing: str, beak: str, tail: str) -> str:
@@ -62,7 +62,7 @@ def draw_bird(rng: random.Random, wing: str, beak: str, tail: str, size: int) ->
     d.ellipse((hx + facing * 3 * k - 2 * k, hy - 4 * k, hx + facing * 3 * k + 2 * k, hy), fill=(10, 10, 10))
     length = BEAK[beak] * 40 * k
     bx0 = hx + facing * 9 * k
-    d.polygon([(bx0, hy - 3 * k), (bx0 + facing * length, hy + 1 * k), (bx0, hy + 4 * k)], fill=(240, 200, 40))
+    d.polygon([(bx0, hy - 4 * k), (bx0 + facing * length, hy + 1 * k), (bx0, hy + 5 * k)], fill=(240, 200, 40))
     img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0, 0.6) * s))
     # sensor-like noise so no two pixels are exactly clean
     noise = Image.effect_noise((size, size), rng.uniform(4, 12)).convert("RGB")
