@@ -21,7 +21,7 @@ WING = {"amber": (235, 150, 30), "teal": (30, 160, 170)}
 BEAK = {"short": 0.22, "long": 0.8}  # beak length / head scale: visible at 64 px, yet a small detail
 TAIL = {"plain": 0, "barred": 3}
 SPECIES = [(w, b, t) for w in WING for b in BEAK for t in TAIL]
-VERSION = 2  # bump when the drawing changes, so stale demo folders are regenerated
+VERSION = 4  # bump when the drawing changes, so stale demo folders are regenerated
 
 
 def species_name(wing: str, beak: str, tail: str) -> str:
@@ -40,17 +40,20 @@ def draw_bird(rng: random.Random, wing: str, beak: str, tail: str, size: int) ->
         d.ellipse((x - r, y - r * 0.6, x + r, y + r * 0.6), fill=tone)
     body_hue = rng.random()
     body = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(body_hue, rng.uniform(0.1, 0.4), rng.uniform(0.35, 0.7)))
-    cx, cy = size / 2 + rng.uniform(-12, 12) * s, size / 2 + rng.uniform(-10, 10) * s
-    k = rng.uniform(0.8, 1.15) * s  # bird scale
+    # The bird spans -44k (tail tip) .. +71k (long beak tip) around its body centre: scale and shift
+    # it so the whole bird, long beak included, stays in the frame.
+    k = rng.uniform(0.6, 0.75) * s  # bird scale
     facing = rng.choice((-1, 1))
+    cx = size / 2 - facing * 13.5 * k + rng.uniform(-6, 6) * s
+    cy = size / 2 + 5 * k + rng.uniform(-10, 10) * s
     bw, bh = 26 * k, 16 * k
     # tail (drawn first, behind the body): a wedge with optional dark bars
     tx = cx - facing * bw
     tail_pts = [(tx, cy - 3 * k), (tx - facing * 18 * k, cy - 9 * k), (tx - facing * 18 * k, cy + 7 * k), (tx, cy + 3 * k)]
     d.polygon(tail_pts, fill=body)
-    for i in range(TAIL[tail]):
-        bx = tx - facing * (5 + 5 * i) * k
-        d.line((bx, cy - (4 + 1.5 * i) * k, bx, cy + (3 + 1.3 * i) * k), fill=(20, 20, 20), width=max(1, int(2.2 * k)))
+    for i in range(TAIL[tail]):  # bars about 2 px wide at 64 px: thin, but they survive the resize
+        bx = tx - facing * (4.5 + 5 * i) * k
+        d.line((bx, cy - (4 + 1.5 * i) * k, bx, cy + (3 + 1.3 * i) * k), fill=(15, 15, 15), width=max(2, round(4 * k)))
     d.ellipse((cx - bw, cy - bh, cx + bw, cy + bh), fill=body)
     # wing with a coloured bar — the wing colour is one of the species' details
     wx, wy = cx - facing * 4 * k, cy - 2 * k
