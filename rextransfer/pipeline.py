@@ -239,7 +239,11 @@ def threaded(fn, jobs: list, workers: int) -> Iterator:
     if workers == 0:
         yield from map(fn, jobs)
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix="rextransfer-batches") as pool:
+    # Each loader thread is one unit of parallelism: torch ops inside it run single-threaded (the
+    # OpenMP setting is per thread; the training thread keeps its own), or 2 threads x 2 OpenMP
+    # threads oversubscribe the cores (measured ~20% fewer img/s on 2 cores).
+    with ThreadPoolExecutor(workers, thread_name_prefix="rextransfer-batches",
+                            initializer=torch.set_num_threads, initargs=(1,)) as pool:
         pending: deque = deque()
         try:
             for job in jobs:
@@ -251,6 +255,32 @@ def threaded(fn, jobs: list, workers: int) -> Iterator:
         finally:  # the consumer stopped early (end of training, Ctrl-C): drop what is queued
             for future in pending:
                 future.cancel()
+
+
+def reuse_freed_memory() -> None:
+    """Let glibc reuse freed batch buffers instead of returning them to the OS.
+
+    A float batch is tens of MB; glibc serves allocations that large with a fresh mmap each time,
+    and the first touch of every page then faults: measured 0.29 ms per 224-px image just to
+    stack a batch, more than cropping and normalising it, vs 0.03 ms once freed memory is reused.
+    Only the allocator's thresholds change (Linux/glibc; elsewhere this does nothing).
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters from <malloc.h>
+        libc.mallopt(m_mmap_threshold, 1 << 30)
+        libc.mallopt(m_trim_threshold, 1 << 30)
+    except (OSError, AttributeError):
+        pass
+
+
+_MALLOC_TUNED = False
 
 
 class Pipeline:
@@ -269,6 +299,7 @@ class Pipeline:
         self.interpolation = interpolation_mode(data_config.get("interpolation") or "bilinear")
         self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.device.type == "cuda")
         self.finisher = Finisher(self.img_size, data_config["mean"], data_config["std"], self.channels_last, self.device)
+        reuse_freed_memory()
         self.workers = resolve_workers(cfg.workers)
         self.scale = (cfg.rrc_scale_min, 1.0)
         self._caches: dict[int, tuple[SampleSet, PixelCache]] = {}
