@@ -23,6 +23,15 @@ except ImportError:  # pragma: no cover
 from . import __version__
 from .errors import UserError
 
+def report(e: UserError) -> None:
+    """The one-line form of every user error: `error: <message>` on stderr."""
+    from rich.markup import escape
+
+    from .console import err
+
+    err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
+
+
 class _Group(TyperGroup):
     """Turns a UserError anywhere below into one line on stderr and its documented exit code."""
 
@@ -32,11 +41,7 @@ class _Group(TyperGroup):
         except UserError as e:
             if DEBUG["on"]:
                 raise
-            from rich.markup import escape
-
-            from .console import err
-
-            err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
+            report(e)
             ctx.exit(e.exit_code)
 
 
@@ -183,14 +188,10 @@ def main() -> None:
         code = app(standalone_mode=False)  # click returns the code of ctx.exit() instead of raising
         if isinstance(code, int) and code:
             sys.exit(code)
-    except UserError as e:
+    except UserError as e:  # raised outside a command (e.g. in an option callback)
         if DEBUG["on"]:
             raise
-        from rich.markup import escape
-
-        from .console import err
-
-        err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
+        report(e)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
