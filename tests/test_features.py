@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from rextransfer.config import Config
+from rextransfer.data.folder import load_folder
 from rextransfer.finetune import run_finetune
 from rextransfer.train import apply_bn_momentum, lr_factor, make_optimizer, param_groups
 from synthetic import make_patterns
@@ -88,7 +89,7 @@ def test_gradient_accumulation_keeps_steps_and_halves_micro_batches(data, tmp_pa
     assert last["step"] == 2  # 32 images / 16 per optimizer step
     cfg = Config(**{**BASE, "grad_accum": 2})
     pipe = Pipeline(cfg, {"mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 0.875, "interpolation": "bilinear"}, torch.device("cpu"))
-    sizes = [x.shape[0] for x, _ in pipe.train_batches(__import__("rextransfer.data.folder", fromlist=["x"]).load_folder(data).train, 0)]
+    sizes = [x.shape[0] for x, _ in pipe.train_batches(load_folder(data).train, 0)]
     assert sizes == [8, 8, 8, 8]
 
 
