@@ -121,12 +121,10 @@ def finetune(
         epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
         runs_dir=str(runs_dir) if runs_dir else None, device=device,
     )
-    from .finetune import finetune_command
+    from .finetune import run_finetune
 
-    finetune_command(
-        dataset=dataset, recipe=recipe, config_file=config, flags=flags, sets=set_ or [],
-        name=name, resume=resume, dry_run=dry_run,
-    )
+    run_finetune(dataset, recipe=recipe, config_file=config, flags=flags, sets=set_ or [], name=name,
+                 resume=resume, dry_run=dry_run, complete_is_error=True)
 
 
 @app.command()

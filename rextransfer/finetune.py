@@ -25,13 +25,6 @@ from .runs import RunDir, write_json, write_text
 RESUME_FREE = {"device", "workers", "runs_dir", "log_every", "cache", "data_root", "source"}
 
 
-def finetune_command(*, dataset: str | None, recipe: str | None, config_file: Path | None, flags: dict,
-                     sets: list[str], name: str | None, resume: Path | None, dry_run: bool) -> Path | None:
-    run = run_finetune(dataset, recipe=recipe, config_file=config_file, flags=flags, sets=sets,
-                       name=name, resume=resume, dry_run=dry_run, complete_is_error=True)
-    return run
-
-
 def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict | None = None,
                  sets: list[str] | None = None, name: str | None = None, runs_dir: str | None = None,
                  config_file: Path | None = None, resume: Path | None = None, dry_run: bool = False,
@@ -80,7 +73,7 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
         cfg = recipes.resolve_run_config(dataset, recipe=recipe, model_hint=None, config_file=config_file,
                                          flags=flags, sets=sets or [], n_train=len(splits.train))
     if resuming and resume is None:  # same --name again: only if nothing that shapes the result changed
-        _check_compatible(from_dict(run.stored_config(), "stored config"), _differences(cfg, run), run)
+        _check_compatible(from_dict(run.stored_config(), "stored config"), _result_settings(cfg), run)
 
     # 4. Processes and devices (torchrun sets WORLD_SIZE); one run folder for all ranks.
     from . import models
@@ -127,7 +120,6 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
         run.rewrite_metrics([])  # a folder reused without a checkpoint starts a clean log
     if dist.main:
         run.remove_stale_temp_files()
-    if dist.main:
         write_text(run.file("config.yaml"), to_yaml(cfg))
         write_json(run.file("env.json"), _env(cfg, device, dist, splits, backbone, weight_source, scans))
         if any(s.bad for s in scans.values()):
@@ -164,7 +156,8 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
     return run.path
 
 
-def _differences(cfg: Config, run: RunDir) -> dict:
+def _result_settings(cfg: Config) -> dict:
+    """The settings that shape a run's result (all but RESUME_FREE)."""
     return {k: v for k, v in cfg.to_dict().items() if k not in RESUME_FREE}
 
 
