@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from rextransfer import analyze
+from rextransfer import analyze, features
 from rextransfer.cli import app
 from rextransfer.errors import UsageError
 
@@ -243,13 +243,13 @@ def test_features_of_a_model_match_a_direct_computation(tiny_folder, tmp_path):
 
 def test_feature_spectrum_normalisations():
     m = torch.diag(torch.tensor([4.0, 2.0, 1.0, 1e-6], dtype=torch.float64))
-    by_max = analyze.feature_spectrum(m, rtol=1e-4, normalize="max")
+    by_max = features.feature_spectrum(m, rtol=1e-4, normalize="max")
     assert by_max["rank"] == 3 and by_max["nuclear_norm"] == pytest.approx(7.000001 / 4)
     assert by_max["singular_values"][:3] == [1.0, 0.5, 0.25]
-    assert analyze.feature_spectrum(m, normalize="fro")["nuclear_norm"] == pytest.approx(7.000001 / 21 ** 0.5)
-    centred = analyze.feature_spectrum(torch.ones(10, 3) + torch.eye(10, 3), center=True)
+    assert features.feature_spectrum(m, normalize="fro")["nuclear_norm"] == pytest.approx(7.000001 / 21 ** 0.5)
+    centred = features.feature_spectrum(torch.ones(10, 3) + torch.eye(10, 3), center=True)
     assert centred["rank"] == 3 - 0  # centring removes the constant offset but not the 3 spikes
-    assert analyze.feature_spectrum(torch.ones(10, 3))["rank"] == 1
+    assert features.feature_spectrum(torch.ones(10, 3))["rank"] == 1
 
 
 def test_features_needs_a_source(tmp_path):

@@ -1,7 +1,7 @@
 """`rextransfer analyze layers|features`: the ReXNet paper's rank-based expressiveness measures.
 
-Parses options and reports; the measurements live in `rextransfer.analyze` (imported lazily:
-it imports torch).
+Parses options and reports; the measurements live in `rextransfer.analyze` (layers) and
+`rextransfer.features` (features), both imported lazily: they import torch.
 """
 
 from __future__ import annotations
@@ -110,18 +110,18 @@ def features(
     if limit < 0 or batch_size < 1 or not 0 < rtol < 1 or checkpoint not in ("best", "last"):
         raise UsageError("need --limit >= 0, --batch-size >= 1, 0 < --rtol < 1 and --checkpoint best|last")
 
-    from .. import analyze
+    from .. import features as feat
     from ..console import err, log, out as stdout
 
-    settings = analyze.FeatureSettings(split=split, limit=limit, img_size=img_size, batch_size=batch_size,
-                                       rtol=rtol, normalize=normalize, center=center, seed=seed,
-                                       checkpoint=checkpoint, device=device, workers=workers)
-    if normalize not in analyze.NORMALIZATIONS:
-        raise UsageError(f"--normalize must be one of {', '.join(analyze.NORMALIZATIONS)}; got {normalize!r}")
+    settings = feat.FeatureSettings(split=split, limit=limit, img_size=img_size, batch_size=batch_size,
+                                    rtol=rtol, normalize=normalize, center=center, seed=seed,
+                                    checkpoint=checkpoint, device=device, workers=workers)
+    if normalize not in feat.NORMALIZATIONS:
+        raise UsageError(f"--normalize must be one of {', '.join(feat.NORMALIZATIONS)}; got {normalize!r}")
     # Models see the same images as the runs (the first run's dataset and crop size) unless told otherwise.
     results, matrices, first = {}, {}, None
-    makers = [lambda d=d: analyze.source_from_run(d, settings, dataset, str(data_root or "")) for d in run_dirs or []]
-    makers += [lambda m=m: analyze.source_from_model(
+    makers = [lambda d=d: feat.source_from_run(d, settings, dataset, str(data_root or "")) for d in run_dirs or []]
+    makers += [lambda m=m: feat.source_from_model(
         m, width, pretrained, settings, dataset or (first.cfg.dataset if first else "demo"),
         str(data_root or "") or (first.cfg.data_root if first else ""),
         img_size=first.cfg.img_size if first else 0, weights_file=str(weights or "")) for m in model or []]
@@ -131,12 +131,12 @@ def features(
         if source.label in results:  # the same model twice (e.g. two checkpoints of one run name)
             source.label = f"{source.label} #{sum(k.startswith(source.label) for k in results) + 1}"
         log(f"{source.label}: extracting features")
-        feats, data = analyze.extract_features(source, settings)
-        result = analyze.feature_spectrum(feats, rtol=rtol, normalize=normalize, center=center)
+        feats, data = feat.extract_features(source, settings)
+        result = feat.feature_spectrum(feats, rtol=rtol, normalize=normalize, center=center)
         results[source.label] = {**source.info, **data, **result}
         matrices[source.label] = feats
     out_dir = out or Path("runs/analysis/features") / "_vs_".join(_slug(k) for k in results)
-    paths = analyze.write_feature_results(out_dir, settings, results, matrices if save_features else None)
+    paths = feat.write_feature_results(out_dir, settings, results, matrices if save_features else None)
     stdout.print(_feature_table(results, settings))
     err.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
