@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -138,6 +139,12 @@ def threaded(fn, jobs: list, workers: int) -> Iterator:
         finally:  # the consumer stopped early (end of training, Ctrl-C): drop what is queued
             for future in pending:
                 future.cancel()
+
+
+def ignore_sigint(_worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the trainer. A terminal sends SIGINT to every process of the
+    group; a worker that died of it could make the next batch fail before the trainer has saved."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def reuse_freed_memory() -> None:
@@ -294,7 +301,7 @@ class Pipeline:
             loaded = threaded(source, jobs, self.workers)
         else:
             loaded = DataLoader(source, sampler=jobs, batch_size=None, num_workers=self.workers,
-                                pin_memory=self.device.type == "cuda",
+                                pin_memory=self.device.type == "cuda", worker_init_fn=ignore_sigint,
                                 # its own generator: DataLoader otherwise draws a seed from the global RNG
                                 generator=torch.Generator().manual_seed(self.cfg.seed))
         finish_here = self._worker_finisher() is None

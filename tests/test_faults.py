@@ -224,3 +224,18 @@ def test_environment_variable_debug_shows_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "rextransfer.cli", "--debug", "finetune", str(tmp_path / "none")],
                             capture_output=True, text=True, timeout=300, env={**os.environ})
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_ctrl_c_to_the_whole_process_group_with_loader_workers_saves_and_resumes(data, tmp_path):
+    # A terminal's Ctrl-C reaches the DataLoader worker processes too, not only the trainer.
+    runs = tmp_path / "runs"
+    run = runs / data.name / "group"
+    args = [sys.executable, "-m", "rextransfer.cli", "finetune", str(data), "--runs-dir", str(runs), "--name", "group",
+            "--epochs", "30", "--no-cache", *FAST, "--set", "workers=2"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_lines(run / "metrics.jsonl", 1, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "resume with: rextransfer finetune --resume" in stderr and "Traceback" not in stderr
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] >= 2
