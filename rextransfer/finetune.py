@@ -147,8 +147,12 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
             write_json(run.file("summary.json"), {**base, "status": "failed"})
         raise
     except Exception as e:
-        _raise_if_oom(e, cfg)
-        raise
+        oom = _oom_error(e, cfg)
+        if oom is None:
+            raise
+        if dist.main:
+            write_json(run.file("summary.json"), {**base, "status": "failed"})
+        raise oom from None
     finally:
         _shutdown(dist)
     if dist.main:
@@ -275,13 +279,15 @@ def _print_dry_run(cfg, splits, backbone, costs, pipeline, run) -> None:
         f"run folder: {run.path}", markup=False)
 
 
-def _raise_if_oom(e: Exception, cfg: Config) -> None:
+def _oom_error(e: Exception, cfg: Config) -> TrainingError | None:
+    """The one-line error for running out of (GPU) memory, suggesting a batch that fits."""
     import torch
 
     if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
         half = max(1, cfg.batch_size // 2)
-        raise TrainingError(f"out of memory at batch size {cfg.batch_size}; try --batch-size {half}, "
-                            f"or keep the batch with --set grad_accum={cfg.grad_accum * 2}") from None
+        return TrainingError(f"out of memory at batch size {cfg.batch_size}; try --batch-size {half}, "
+                             f"or keep the batch with --set grad_accum={cfg.grad_accum * 2}")
+    return None
 
 
 def _shutdown(dist: Any) -> None:

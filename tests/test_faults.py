@@ -204,10 +204,12 @@ def test_full_disk_gives_a_clear_error_and_keeps_earlier_files(data, tmp_path):
 def test_out_of_memory_message_suggests_a_batch_size():
     from rextransfer.config import Config
     from rextransfer.errors import TrainingError
-    from rextransfer.finetune import _raise_if_oom
+    from rextransfer.finetune import _oom_error
 
-    with pytest.raises(TrainingError, match=r"--batch-size 64.*grad_accum=2"):
-        _raise_if_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), Config(batch_size=128))
+    error = _oom_error(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), Config(batch_size=128))
+    assert isinstance(error, TrainingError) and error.exit_code == 6
+    assert re.search(r"--batch-size 64.*grad_accum=2", str(error))
+    assert _oom_error(ValueError("shapes do not match"), Config()) is None
 
 
 def _png_header(width: int, height: int) -> bytes:
