@@ -24,21 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from .compare import parse_model_spec, reference_backbone
+from .distributed import device_name, select_device
 from .errors import UsageError
 
 DEFAULT_MODELS = ["rexnet@1.0", "resnet50", "efficientnet_b0"]
 NUM_CLASSES = 1000  # ImageNet head: params match the published model sizes
-
-
-def resolve_device(device: str) -> torch.device:
-    from .distributed import select_device
-
-    return select_device(device)
-
-
-def device_name(dev: torch.device) -> str:
-    """Same spelling as summary.json's "device": cpu | cuda:<GPU name>."""
-    return f"cuda:{torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else dev.type
 
 
 def device_slug(name: str) -> str:
@@ -126,7 +116,7 @@ def run_bench(models: list[str] | None = None, *, batch_size: int | None = None,
 
     batch_size None: 128 on CUDA (a GPU needs large batches to reach its throughput), 16 on CPU.
     """
-    dev = resolve_device(device)
+    dev = select_device(device)
     batch_size = batch_size or (128 if dev.type == "cuda" else 16)
     if batch_size < 1 or img_size < 32 or steps < 1 or warmup < 0:
         raise UsageError("bench needs --batch-size >= 1, --img-size >= 32, --steps >= 1, --warmup >= 0")

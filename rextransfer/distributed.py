@@ -32,6 +32,11 @@ def select_device(name: str) -> torch.device:
     return device
 
 
+def device_name(device: torch.device) -> str:
+    """How runs and benchmarks name a device: cpu | cuda:<GPU name>."""
+    return f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
+
+
 def init_distributed(cfg) -> tuple[Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

@@ -200,15 +200,14 @@ def _env(cfg, device, dist, splits, backbone, weight_source, scans) -> dict:
 
 
 def _summary_base(cfg, run, splits, backbone, costs, device) -> dict:
-    import torch
+    from .distributed import device_name
 
-    dev = f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
     return {
         "run_name": run.path.name, "dataset": run.path.parent.name, "model": cfg.model, "width": cfg.width,
         "timm_name": backbone.timm_name, "weight_tag": backbone.weight_tag, "pretrained": cfg.pretrained,
         "recipe": cfg.recipe, "seed": cfg.seed, "img_size": cfg.img_size, "num_classes": len(splits.classes),
         "train_size": len(splits.train), "eval_size": len(splits.eval), "eval_split": splits.eval_split,
-        "headline_metric": splits.metric, "params_m": costs["params_m"], "gmacs": costs["gmacs"], "device": dev,
+        "headline_metric": splits.metric, "params_m": costs["params_m"], "gmacs": costs["gmacs"], "device": device_name(device),
     }
 
 

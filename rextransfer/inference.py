@@ -53,7 +53,7 @@ def load_run_model(run_dir: Path, checkpoint: str = "best", device: str = "cpu")
 def evaluate_command(run_dir: Path, *, split: str, checkpoint: str, as_json: bool, device: str) -> dict:
     from .data import get_splits
     from .pipeline import Pipeline
-    from .train import evaluate
+    from .train import autocast_for, evaluate
 
     model, cfg, classes, data_config = load_run_model(run_dir, checkpoint, device)
     splits = get_splits(cfg)
@@ -64,14 +64,8 @@ def evaluate_command(run_dir: Path, *, split: str, checkpoint: str, as_json: boo
         raise UsageError(f"split {split!r} not available for this dataset; choose from {', '.join(choices)}")
     device_ = next(model.parameters()).device
     pipeline = Pipeline(cfg, data_config, device_)
-    import contextlib
-
-    import torch
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if device_.type == "cuda" else contextlib.nullcontext()
-
-    metrics, _, speed = evaluate(model, pipeline, choices[split], len(classes), autocast)
+    # the run's own precision: an evaluation reproduces the numbers training reported
+    metrics, _, speed = evaluate(model, pipeline, choices[split], len(classes), autocast_for(cfg, device_))
     result = {"run": str(run_dir), "split": split if split != "eval" else splits.eval_split, "checkpoint": checkpoint,
               "images": len(choices[split]), "headline_metric": splits.metric, **metrics, "img_per_s": speed}
     if as_json:

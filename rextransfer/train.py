@@ -163,6 +163,16 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
+def autocast_for(cfg: Config, device: torch.device):
+    """A factory of autocast contexts: bf16 when cfg.amp asks for it (auto = on CUDA), else none."""
+    use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+
+    def autocast() -> Any:
+        return torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+
+    return autocast
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
@@ -196,10 +206,7 @@ def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_n
     steps_per_epoch = pipeline.steps_per_epoch(len(splits.train))
     total_steps = cfg.steps or cfg.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
-    use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
-
-    def autocast() -> Any:
-        return torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+    autocast = autocast_for(cfg, device)
 
     # -- model, optimizer, EMA, mixup ------------------------------------------------------------
     apply_bn_momentum(model, cfg, steps_per_epoch)

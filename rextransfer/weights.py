@@ -14,15 +14,12 @@ GMACs from the architectures and check them against these numbers.
 from __future__ import annotations
 
 import os
-import socket
-import ssl
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from .errors import ModelError
+from .net import endpoint, reachable
 
 
 @dataclass(frozen=True)
@@ -226,45 +223,13 @@ def go_offline() -> None:
         hub_constants.HF_HUB_OFFLINE = True
 
 
-def hub_endpoint() -> tuple[str, int, bool]:
-    """(host, port, tls) the Hub would be reached through: an HTTPS proxy if set, else HF_ENDPOINT."""
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    url = proxy or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    parsed = urlparse(url if "://" in url else f"http://{url}")
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    # Through a proxy the first bytes are an HTTP CONNECT, not TLS: a TCP connect is the test.
-    return parsed.hostname or "huggingface.co", port, parsed.scheme == "https" and not proxy
+def hub_url() -> str:
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
 
 
 def network_reachable(timeout: float = 2.0) -> bool:
-    """Does the Hub endpoint answer? DNS, TCP connect and TLS handshake, never longer than `timeout`.
-
-    The handshake matters: some sandboxes and firewalls accept every TCP connection and then
-    never answer, which would fool a bare connect. The certificate is not checked (this tests
-    reachability, not trust; huggingface_hub verifies it when it downloads). getaddrinfo has no
-    timeout of its own (a broken resolver can block for many seconds), so the probe runs in a
-    daemon thread and we stop waiting after `timeout`; a stuck thread dies with the process.
-    """
-    host, port, tls = hub_endpoint()
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout) as sock:
-                if tls:
-                    context = ssl.create_default_context()
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
-                    with context.wrap_socket(sock, server_hostname=host):
-                        pass
-            result.append(True)
-        except OSError:  # includes DNS failures, refusals, timeouts and TLS errors
-            result.append(False)
-
-    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
+    """Does the Hub endpoint (or the HTTPS proxy in front of it) answer within `timeout`?"""
+    return reachable(hub_url(), timeout)
 
 
 def _hub_file(tag: str) -> tuple[str, tuple[str, ...]]:
@@ -328,6 +293,6 @@ def ensure_weights_available(cfg) -> str:
     if user_offline:
         raise ModelError(f"{where} and HF_HUB_OFFLINE=1 forbids downloading: unset HF_HUB_OFFLINE on a connected machine; or {fixes}")
     if unreachable if unreachable is not None else not network_reachable():
-        host, port, _ = hub_endpoint()
+        host, port, _ = endpoint(hub_url())
         raise ModelError(f"{where} and {host}:{port} is unreachable: connect to the internet and rerun; or {fixes}")
     return "network"

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import tarfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
+from .. import net
 from ..console import err, log
 from ..errors import DataError, EnvironmentProblem
 from .hub import HubSpec, cache_dir, hub_offline, open_hub
@@ -45,27 +44,10 @@ class Archive:
 # network
 # --------------------------------------------------------------------------------------------
 def reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Can we open a TCP connection to the URL's host within `timeout` seconds?
-
-    The probe runs in a thread because name resolution ignores socket timeouts and can hang.
-    """
+    """Can we reach the URL's server within `timeout` seconds? Never, under REXTRANSFER_OFFLINE=1."""
     if os.environ.get("REXTRANSFER_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((parts.hostname, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result)
+    return net.reachable(url, timeout)
 
 
 def md5sum(path: Path) -> str:
