@@ -77,9 +77,9 @@ def standard_loader(root: Path, img_size: int, batch: int, workers: int, device:
 
 
 def rextransfer_loader(root: Path, img_size: int, batch: int, workers: int, device: torch.device, samples_from):
-    from rextransfer.config import Config
+    from rextransfer.config.settings import Config
     from rextransfer.data.base import FileSamples
-    from rextransfer.pipeline import Pipeline
+    from rextransfer.data.pipeline import Pipeline
 
     paths, labels = zip(*samples_from.samples)
     samples = FileSamples(paths, labels, samples_from.classes, "train")

@@ -17,9 +17,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from rextransfer import analyze, features
-from rextransfer.cli import app
-from rextransfer.errors import UsageError
+from rextransfer.analyze import layers as analyze, features
+from rextransfer.cli.app import app
+from rextransfer.core.errors import UsageError
 
 runner = CliRunner()
 NONLINEAR = ["relu", "relu6", "elu", "softplus", "hardswish", "silu"]
@@ -227,10 +227,10 @@ def test_features_of_a_model_match_a_direct_computation(tiny_folder, tmp_path):
         im.verify()
 
     # The saved matrix is the penultimate layer: the classifier maps it to the model's logits.
-    from rextransfer.config import Config
+    from rextransfer.config.settings import Config
     from rextransfer.data import get_splits
-    from rextransfer.models import build_backbone
-    from rextransfer.pipeline import Pipeline
+    from rextransfer.models.build import build_backbone
+    from rextransfer.data.pipeline import Pipeline
 
     torch.manual_seed(0)  # the command seeds random init with --seed (default 0)
     backbone = build_backbone(Config(model="rexnet", pretrained=False), num_classes=1000)
@@ -259,11 +259,11 @@ def test_features_needs_a_source(tmp_path):
 
 def test_features_compare_a_finetuned_run_with_its_starting_model(tiny_folder, tmp_path):
     """A run folder and a backbone measured on the same images (the run's own dataset), side by side."""
-    from rextransfer.finetune import run_finetune
+    from rextransfer.train.run import run_finetune
 
     flags = {"model": "rexnet", "pretrained": False, "img_size": 32, "batch_size": 16, "workers": 0,
              "steps": 2, "cache": False, "optimizer": "adamw", "lr": 0.003}
-    run = run_finetune(str(tiny_folder), flags=flags, name="tiny", runs_dir=str(tmp_path / "runs"))
+    run = run_finetune(str(tiny_folder), flags=flags, name="tiny", runs_dir=str(tmp_path / "runs")).path
     out = tmp_path / "cmp"
     result = runner.invoke(app, ["analyze", "features", str(run), "--model", "rexnet", "--no-pretrained",
                                  "--device", "cpu", "--save-features", "--out", str(out)])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from rextransfer.cli import app
+from rextransfer.cli.app import app
 
 runner = CliRunner()
 LABELS = ["ReXNet x1.0", "ResNet50", "EfficientNet-B0"]

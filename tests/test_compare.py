@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rextransfer.cli import app
-from rextransfer.errors import RunError
+from rextransfer.cli.app import app
+from rextransfer.core.errors import RunError
 
 runner = CliRunner()
 DASH = "—"
@@ -330,7 +330,6 @@ def test_dry_run_lists_the_grid(tmp_path: Path):
 
 def test_run_trains_missing_cells_then_nothing_new(tmp_path: Path, monkeypatch):
     """The real grid on the demo dataset at a tiny size; a failing cell is reported, the rest runs."""
-    pytest.importorskip("rextransfer.finetune", reason="needs the lead's finetune pipeline")
     monkeypatch.setenv("REXTRANSFER_DATA", str(tmp_path / "data"))
     runs = tmp_path / "runs"
     args = ["compare", "--run", "--runs", str(runs), "--models", "rexnet,efficientnet_b0", "--no-pretrained",

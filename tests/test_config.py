@@ -8,9 +8,9 @@ import math
 import pytest
 import yaml
 
-from rextransfer import config
-from rextransfer.config import Config, apply, from_dict, parse_set, read_yaml, resolve, to_yaml
-from rextransfer.errors import UsageError
+from rextransfer.config import settings as config
+from rextransfer.config.settings import Config, apply, from_dict, parse_set, read_yaml, resolve, to_yaml
+from rextransfer.core.errors import UsageError
 
 
 def coerce(key, value):

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from fgvc_trees import AIRCRAFT_VARIANTS, make_aircraft_tree, make_cars_tree, make_flowers_tree, make_food_tree, need_fixtures
-from rextransfer.config import Config
+from rextransfer.config.settings import Config
 from rextransfer.data import get_splits, lookup
 from rextransfer.data.fgvc import flower_names, hub_splits_from
 from rextransfer.data.images import ImageDecodeError
-from rextransfer.errors import DataError
+from rextransfer.core.errors import DataError
 
 datasets = pytest.importorskip("datasets")
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image  # noqa: E402

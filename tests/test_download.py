@@ -18,10 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 from fgvc_trees import make_flowers_tree, need_fixtures, tiny_jpeg
-from rextransfer.cli import app
+from rextransfer.cli.app import app
 from rextransfer.data import download as dl
 from rextransfer.data import lookup
-from rextransfer.errors import DataError, EnvironmentProblem
+from rextransfer.core.errors import DataError, EnvironmentProblem
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,7 +180,7 @@ def test_download_archives_lays_out_flowers_from_its_three_files(tmp_path):
         server.close()
     assert lookup("flowers102").present(root)
     assert not (root / ".downloads" / "102flowers.tgz").exists()  # the archive is removed after extraction
-    from rextransfer.config import Config
+    from rextransfer.config.settings import Config
     from rextransfer.data import get_splits
 
     s = get_splits(Config(dataset="flowers102", data_root=str(root), source="original"))

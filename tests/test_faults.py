@@ -174,7 +174,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_finishes(
         proc.kill()
         proc.wait()
         state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)  # never torn
-        assert state["step"] >= 2 * (seen + 1)
+        assert state["state"]["step"] >= 2 * (seen + 1)
     final = rx("finetune", data, "--runs-dir", runs, "--name", "k", "--epochs", "16", *FAST)
     assert final.returncode == 0, final.stderr
     summary = json.loads((run / "summary.json").read_text())
@@ -202,9 +202,9 @@ def test_full_disk_gives_a_clear_error_and_keeps_earlier_files(data, tmp_path):
 
 
 def test_out_of_memory_message_suggests_a_batch_size():
-    from rextransfer.config import Config
-    from rextransfer.errors import TrainingError
-    from rextransfer.finetune import _oom_error
+    from rextransfer.config.settings import Config
+    from rextransfer.core.errors import TrainingError
+    from rextransfer.train.run import _oom_error
 
     error = _oom_error(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), Config(batch_size=128))
     assert isinstance(error, TrainingError) and error.exit_code == 6

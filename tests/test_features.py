@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rextransfer.config import Config
+from rextransfer.config.settings import Config
 from rextransfer.data.folder import load_folder
-from rextransfer.finetune import run_finetune
-from rextransfer.train import apply_bn_momentum, lr_factor, make_optimizer, param_groups
+from rextransfer.train.run import run_finetune
+from rextransfer.train.optim import apply_bn_momentum, lr_factor, make_optimizer, param_groups
 from synthetic import make_patterns
 
 BASE = {"model": "rexnet", "pretrained": False, "img_size": 32, "batch_size": 16, "workers": 0,
@@ -23,15 +23,15 @@ def data(tmp_path_factory):
 
 
 def train(data, tmp_path, name, **flags):
-    run = run_finetune(str(data), flags={**BASE, **flags}, name=name, runs_dir=str(tmp_path / "runs"))
+    run = run_finetune(str(data), flags={**BASE, **flags}, name=name, runs_dir=str(tmp_path / "runs")).path
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     return run, last
 
 
 def initial_state(**flags):
     """The weights a run starts from: same seed, same registry call."""
-    from rextransfer import models
-    from rextransfer.distributed import seed_everything
+    from rextransfer.models import build as models
+    from rextransfer.train.distributed import seed_everything
 
     cfg = Config(**{**BASE, **flags})
     seed_everything(cfg.seed)
@@ -83,10 +83,10 @@ def test_mixup_and_label_smoothing_change_the_training_loss(data, tmp_path):
 
 
 def test_gradient_accumulation_keeps_steps_and_halves_micro_batches(data, tmp_path):
-    from rextransfer.pipeline import Pipeline
+    from rextransfer.data.pipeline import Pipeline
 
     run, last = train(data, tmp_path, "accum", grad_accum=2)
-    assert last["step"] == 2  # 32 images / 16 per optimizer step
+    assert last["state"]["step"] == 2  # 32 images / 16 per optimizer step
     cfg = Config(**{**BASE, "grad_accum": 2})
     pipe = Pipeline(cfg, {"mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 0.875, "interpolation": "bilinear"}, torch.device("cpu"))
     sizes = [x.shape[0] for x, _ in pipe.train_batches(load_folder(data).train, 0)]
@@ -149,6 +149,6 @@ def test_torch_compile_trains(data, tmp_path):
     start = initial_state()
     run, last = train(data, tmp_path, "compiled", compile=True, epochs=1)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "complete" and last["step"] == 2
+    assert summary["status"] == "complete" and last["state"]["step"] == 2
     assert not any(k.startswith("_orig_mod") for k in last["model"])  # saved from the plain module
     assert not torch.equal(start["stem.bn.running_mean"], last["model"]["stem.bn.running_mean"])

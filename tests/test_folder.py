@@ -7,7 +7,7 @@ from PIL import Image
 
 from rextransfer.data.base import stratified_split
 from rextransfer.data.folder import load_folder
-from rextransfer.errors import DataError
+from rextransfer.core.errors import DataError
 
 
 def img(path: Path, mode: str = "RGB", size=(12, 10)) -> Path:

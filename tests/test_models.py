@@ -20,11 +20,12 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from rextransfer.cli import app
-from rextransfer.config import Config
-from rextransfer.errors import ModelError
-from rextransfer.models import build_backbone, costs_of, head_parameter_names, model_costs, resolve_spec
-from rextransfer.weights import WEIGHTS
+from rextransfer.cli.app import app
+from rextransfer.config.settings import Config
+from rextransfer.core.errors import ModelError
+from rextransfer.models.build import build_backbone, costs_of, head_parameter_names, model_costs
+from rextransfer.models.registry import resolve_spec
+from rextransfer.models.registry import WEIGHTS
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,10 +14,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from rextransfer import recipes
-from rextransfer.cli import app
-from rextransfer.config import FIELD_TYPES, Config
-from rextransfer.errors import UsageError
+from rextransfer.config import recipes
+from rextransfer.data import default_recipe_for, recipe_defaults
+from rextransfer.cli.app import app
+from rextransfer.config.settings import FIELD_TYPES, Config
+from rextransfer.core.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml"))
@@ -45,7 +46,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def resolve(dataset="demo", recipe=None, model_hint=None, config_file=None, flags=None, sets=None, n_train=None):
-    return recipes.resolve_run_config(dataset, recipe=recipe, model_hint=model_hint, config_file=config_file,
+    return recipes.resolve_run_config(dataset, recipe=recipe or default_recipe_for(dataset), model_hint=model_hint, config_file=config_file,
                                       flags=flags or {}, sets=sets or [], n_train=n_train)
 
 
@@ -117,21 +118,22 @@ def test_demo_recipe_is_a_small_cpu_run():
     ("fgvc-aircraft", "aircraft"), ("demo", "demo"), ("./no/such/folder", "folder"),
 ])
 def test_default_recipe_for(dataset, expected):
-    assert recipes.default_recipe_for(dataset) == expected
+    assert default_recipe_for(dataset) == expected
 
 
 def test_an_image_folder_gets_the_folder_recipe(tmp_path):
-    assert recipes.default_recipe_for(str(tmp_path)) == "folder"
+    assert default_recipe_for(str(tmp_path)) == "folder"
     assert resolve(dataset=str(tmp_path)).recipe == "folder"
 
 
 def test_list_recipes_says_what_each_is_the_default_for():
     rows = {row["name"]: row for row in recipes.list_recipes()}
+    defaults = recipe_defaults()
     assert set(rows) == set(SHIPPED)
     for name in DATASETS + ("demo",):
-        assert rows[name]["default_for"] == [name]
-    assert rows["folder"]["hyperrule"] and rows["folder"]["default_for"] == ["image folders"]
-    assert rows["paper"]["default_for"] == []
+        assert defaults[name] == [name]
+    assert rows["folder"]["hyperrule"] and defaults["folder"] == ["image folders"]
+    assert defaults["paper"] == []
     assert all(row["description"] and Path(row["path"]).is_file() for row in rows.values())
 
 
@@ -390,7 +392,6 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "'lr'" in result.stderr
 
 
-@pytest.mark.skipif(not (REPO / "rextransfer" / "finetune.py").exists(), reason="finetune not written yet")
 @pytest.mark.parametrize("bad", ["lr=abc", "nosuch=1"])
 def test_finetune_rejects_a_bad_set_before_any_work(bad):
     result = cli("finetune", "demo", "--set", bad, "--dry-run")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from rextransfer import recipes
-from rextransfer.finetune import run_finetune
+from rextransfer.config import recipes
+from rextransfer.train.run import run_finetune
 from synthetic import make_patterns
 
 NAMES = [r["name"] for r in recipes.list_recipes()]
@@ -25,6 +25,6 @@ def test_recipe_runs_two_steps(name, data, tmp_path):
     # Only the size knobs are overridden; every other value (optimizer, schedule, smoothing,
     # mixup, probe epochs, BN rule, EMA...) is the recipe's own.
     flags = {"pretrained": False, "img_size": 32, "batch_size": 8, "steps": 2, "workers": 0}
-    run = run_finetune(str(data), recipe=name, flags=flags, name=name, runs_dir=str(tmp_path))
+    run = run_finetune(str(data), recipe=name, flags=flags, name=name, runs_dir=str(tmp_path)).path
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["steps"] == 2 and summary["recipe"] == name

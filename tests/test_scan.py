@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from rextransfer.cli import app
+from rextransfer.cli.app import app
 from rextransfer.data.base import FileSamples
 from rextransfer.data.scan import scan_samples, write_bad_files_csv
-from rextransfer.errors import DataError
+from rextransfer.core.errors import DataError
 
 
 class CountingSamples(FileSamples):

@@ -10,8 +10,8 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from rextransfer.cli import app
-from rextransfer.finetune import run_finetune
+from rextransfer.cli.app import app
+from rextransfer.train.run import run_finetune
 from synthetic import make_patterns
 
 runner = CliRunner()
@@ -31,7 +31,7 @@ def patterns(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_run(patterns, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    path = run_finetune(str(patterns), flags={**TINY, "epochs": 10}, name="learn", runs_dir=str(runs))
+    path = run_finetune(str(patterns), flags={**TINY, "epochs": 10}, name="learn", runs_dir=str(runs)).path
     return path
 
 
@@ -69,7 +69,7 @@ def test_run_folder_has_every_file_and_each_parses(trained_run):
         with Image.open(trained_run / png) as im:
             im.verify()
     last = torch.load(trained_run / "checkpoints" / "last.pt", weights_only=True)
-    assert last["step"] == 10 * 8
+    assert last["state"]["step"] == 10 * 8
     from safetensors.torch import load_file
 
     best = load_file(str(trained_run / "checkpoints" / "best.safetensors"))

@@ -169,13 +169,12 @@ class DatasetInfo:
     train_size: int
     test_size: int
     metric: str                     # top1 | mean_class_acc
-    layout: str                     # the original layout under the data root, for messages
-    hub_id: str                     # Hugging Face Hub copy
-    citation: str
+    hub_id: str                     # Hugging Face Hub copy ("" = none)
+    citation: str                   # whom to cite (`rextransfer datasets` prints it)
     load: Callable[..., DataSplits]  # load(cfg) -> DataSplits
     present: Callable[[Path], bool]  # is the original release under this data root?
     download: Callable[..., Path] | None = None
-    url: str = ""
+    url: str = ""                   # the dataset's home page
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}

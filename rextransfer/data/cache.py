@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from ..console import err
-from ..errors import DataError, EnvironmentProblem
+from ..core.console import err
+from ..core.errors import DataError, EnvironmentProblem
 from .base import SampleSet
 from .images import ImageDecodeError
 

@@ -16,10 +16,11 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
-from .. import net
-from ..console import err, log
-from ..errors import DataError, EnvironmentProblem
-from .hub import HubSpec, cache_dir, hub_offline, open_hub
+from ..core import reach as net
+from ..core.reach import hub_offline
+from ..core.console import err, log
+from ..core.errors import DataError, EnvironmentProblem
+from .hub import HubSpec, cache_dir, open_hub
 
 CHUNK = 1 << 20  # bytes per read
 PROBE_TIMEOUT_S = 3.0
@@ -160,7 +161,7 @@ def download_archives(name: str, archives: tuple[Archive, ...], root: Path, manu
 
 def download_hub(name: str, spec: HubSpec, root: Path, manual: str) -> Path:
     """Fetch a Hub copy into <root>/hf-datasets with `datasets` (which resumes and verifies on its own)."""
-    if hub_offline():
+    if hub_offline(datasets=True):
         raise EnvironmentProblem(f"the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1): unset it to fetch {spec.hub_id}, or {manual}")
     if not reachable("https://huggingface.co"):
         raise EnvironmentProblem(f"cannot reach huggingface.co (offline?) to fetch {spec.hub_id}: rerun when online, or {manual}")

@@ -16,14 +16,15 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..console import log
-from ..errors import DataError
+from ..core.reach import hub_offline
+from ..core.console import log
+from ..core.errors import DataError
 from . import download as dl
 from .base import DataSplits, DatasetInfo, FileSamples, SampleSet, data_root, lookup, register, stratified_split
-from .hub import HubSpec, cache_dir, hub_offline, hub_parts, open_hub, saved_copy
+from .hub import HubSpec, cache_dir, hub_parts, open_hub, saved_copy
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config.settings import Config
 
 AIRCRAFT_BANNER_PX = 20  # every FGVC Aircraft image has a 20-pixel copyright banner at the bottom
 
@@ -39,7 +40,7 @@ def _loadmat(path: Path) -> dict[str, Any]:
     try:
         from scipy.io import loadmat
     except ImportError:
-        from ..errors import EnvironmentProblem
+        from ..core.errors import EnvironmentProblem
 
         raise EnvironmentProblem("reading the .mat files of this dataset needs scipy: pip install scipy") from None
     try:
@@ -220,9 +221,9 @@ def load_builtin(name: str, cfg: "Config") -> DataSplits:
         return protocol_splits(train, test, classes, cfg, metric=info.metric, source="original", notes=notes)
     # Hub: a saved copy, or `datasets` (its cache works offline only with HF_HUB_OFFLINE=1; without
     # that flag and without a network it retries for ~25 s, so probe the network first)
-    if not hub_present(name, root) and not hub_offline() and not dl.reachable("https://huggingface.co"):
+    if not hub_present(name, root) and not hub_offline(datasets=True) and not dl.reachable("https://huggingface.co"):
         raise _missing(name, root, "cannot reach huggingface.co; set HF_HUB_OFFLINE=1 to use a cached copy", cfg.source)
-    if not hub_present(name, root) and not hub_offline():
+    if not hub_present(name, root) and not hub_offline(datasets=True):
         log(f"{name}: loading the Hub copy {spec.hub.hub_id} (downloads on first use into {cache_dir(root)})")
     try:
         dataset_dict = open_hub(spec.hub, root, name)
@@ -259,7 +260,7 @@ def download(name: str, root: Path, source: str = "auto") -> Path:
 def _register(info: dict, spec: _Spec) -> None:
     name = info["name"]
     _SPECS[name] = spec
-    register(DatasetInfo(**info, layout=spec.manual, hub_id=spec.hub.hub_id, load=partial(load_builtin, name),
+    register(DatasetInfo(**info, hub_id=spec.hub.hub_id, load=partial(load_builtin, name),
                          present=partial(present, name), download=partial(download, name)))
 
 

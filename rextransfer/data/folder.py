@@ -14,12 +14,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..console import log
-from ..errors import DataError
+from ..core.console import log
+from ..core.errors import DataError
 from .base import DataSplits, FileSamples, stratified_split
 from .images import is_image_name
-
-SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 
 
 def _hidden(name: str) -> bool:

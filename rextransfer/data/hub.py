@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from ..errors import DataError
+from ..core.errors import DataError
 from .base import SampleSet
 from .images import open_rgb
 
@@ -112,10 +112,6 @@ def saved_copy(root: Path, name: str) -> Path:
 def cache_dir(root: Path) -> Path:
     """The `datasets` cache used for Hub downloads, kept under the data root with everything else."""
     return root / "hf-datasets"
-
-
-def hub_offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def open_hub(spec: HubSpec, root: Path, name: str) -> Any:

@@ -23,8 +23,8 @@ from typing import Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
-from ..console import err
-from ..errors import DataError
+from ..core.console import err
+from ..core.errors import DataError
 from .base import SampleSet, Subset
 from .cache import cache_root
 from .images import ImageDecodeError
@@ -70,7 +70,7 @@ def check_sample(samples: SampleSet, i: int, draft: bool) -> str | None:
 def scan_samples(samples: SampleSet, policy: str = "skip", workers: int = -1, progress: bool = True,
                  root: Path | None = None) -> ScanResult:
     """Decode-check every sample (cached per file); policy "fail" raises DataError on any bad one."""
-    from ..pipeline import resolve_workers
+    from .pipeline import resolve_workers
 
     keys = [samples.key(i) for i in range(len(samples))]
     store = _Store(root or cache_root(), keys)

@@ -1,1 +1,0 @@
-"""CLI sub-commands. Each module exposes `register(app)` and imports no heavy library at module level."""

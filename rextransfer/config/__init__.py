@@ -1,0 +1,1 @@
+"""Typed settings (settings.py), recipe files and their resolution (recipes.py)."""

@@ -1,0 +1,281 @@
+"""Recipes: named, commented starting points for a run (recipes/*.yaml), and the full resolution
+of a run's settings from them.
+
+A recipe file is
+
+    description: one line
+    settings:          # Config field -> value; every value carries a comment with its source
+      lr: 0.0125       # ...
+    models:            # per-backbone overrides, merged over settings
+      resnet50:
+        weight_decay: 1.0e-4
+    hyperrule: true    # optional: fill the schedule from the training-set size (see `hyperrule`)
+
+Each built-in dataset has a recipe of its own name (cars.yaml for `cars`), image folders get
+`folder`, and any recipe can be chosen with `--recipe NAME` (or `--recipe path/to/file.yaml`).
+
+Precedence, later wins (`resolve_run_config`):
+    defaults < recipe settings < hyperrule(n_train) < recipe models[<backbone>] < model hint
+    < --config FILE < command-line flags < --set key=value
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .settings import Config, apply, parse_set, read_yaml
+from ..core.errors import UsageError
+
+RECIPE_KEYS = ("description", "settings", "models", "hyperrule")
+BACKBONES = ("rexnet", "resnet50", "efficientnet_b0")  # registry names that per-model overrides key on
+FOLDER = "folder"  # the recipe for image folders (and registered datasets without their own)
+
+
+@dataclass
+class Recipe:
+    name: str
+    path: Path
+    description: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hyperrule: bool = False
+
+
+# ------------------------------------------------------------------------------------------------
+# Finding and reading recipes
+# ------------------------------------------------------------------------------------------------
+PACKAGE = Path(__file__).resolve().parent.parent
+SHIPPED = PACKAGE / "recipe_files"        # an installed wheel: recipes/ mapped in as package data
+CHECKOUT = PACKAGE.parent / "recipes"     # a source checkout or editable install
+
+
+def recipes_dir() -> Path:
+    """$REXTRANSFER_RECIPES, else the recipes this installation ships."""
+    env = os.environ.get("REXTRANSFER_RECIPES")
+    if env:
+        return Path(env).expanduser()
+    return SHIPPED if SHIPPED.is_dir() else CHECKOUT
+
+
+def _names() -> list[str]:
+    folder = recipes_dir()
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _path_of(name: str) -> Path:
+    """A recipe name, or a path to a recipe file."""
+    if name.endswith((".yaml", ".yml")) and Path(name).expanduser().is_file():
+        return Path(name).expanduser()
+    path = recipes_dir() / f"{name}.yaml"
+    if not path.is_file():
+        names = ", ".join(_names()) or f"none in {recipes_dir()}"
+        raise UsageError(f"unknown recipe {name!r}; available: {names} (see `rextransfer recipes`)")
+    return path
+
+
+def load_recipe(name: str) -> Recipe:
+    """Read and check the structure of a recipe (values are checked by `recipe_settings`)."""
+    path = _path_of(name)
+    data = read_yaml(path, "recipe")
+    where = f"recipe {name} ({path})"
+    unknown = [k for k in data if k not in RECIPE_KEYS]
+    if unknown:
+        raise UsageError(f"{where}: unknown top-level key {unknown[0]!r} (expected {', '.join(RECIPE_KEYS)})")
+    settings = data.get("settings") or {}
+    models = data.get("models") or {}
+    if not isinstance(settings, dict):
+        raise UsageError(f"{where}: 'settings' must be a mapping of setting: value")
+    if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
+        raise UsageError(f"{where}: 'models' must map a backbone name to a mapping of setting: value")
+    hyper = data.get("hyperrule", False)
+    if not isinstance(hyper, bool):
+        raise UsageError(f"{where}: 'hyperrule' must be true or false; got {hyper!r}")
+    return Recipe(name=name, path=path, description=str(data.get("description") or "").strip(),
+                  settings=settings, models={str(k).lower(): v for k, v in models.items()}, hyperrule=hyper)
+
+
+def uses_hyperrule(name: str) -> bool:
+    return load_recipe(name).hyperrule
+
+
+def recipe_names() -> list[str]:
+    return _names()
+
+
+def list_recipes() -> list[dict]:
+    """Every recipe: name, description, path, hyperrule (which datasets use it: data.recipe_defaults)."""
+    rows = []
+    for name in _names():
+        recipe = load_recipe(name)
+        rows.append({"name": name, "description": recipe.description, "path": str(recipe.path),
+                     "hyperrule": recipe.hyperrule})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# Values of a recipe for a backbone
+# ------------------------------------------------------------------------------------------------
+def model_key(model: str) -> str:
+    """The `models:` key a model name matches: rexnet for any ReXNet (rexnet_150, rexnet_100.nav_in1k),
+    the architecture for a timm "arch.tag" name (resnet50.a1_in1k -> resnet50)."""
+    name = model.strip().lower().split(".", 1)[0]
+    return "rexnet" if name.startswith("rexnet") else name
+
+
+def _layers(recipe: Recipe, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    return recipe.settings, recipe.models.get(model_key(model), {})
+
+
+def recipe_settings(name: str, model: str) -> dict:
+    """The recipe's settings merged with its overrides for `model`, type-checked (values converted
+    to the Config field types). Bad keys, types or values -> one-line UsageError."""
+    recipe = load_recipe(name)
+    settings, override = _layers(recipe, model)
+    cfg = apply(Config(), settings, f"recipe {recipe.name} ({recipe.path})")
+    cfg = apply(cfg, override, f"recipe {recipe.name} ({recipe.path}) models.{model_key(model)}")
+    for key, block in recipe.models.items():  # every backbone's overrides, not only this one's
+        apply(Config(), block, f"recipe {recipe.name} ({recipe.path}) models.{key}")
+    try:
+        cfg.validate()
+    except UsageError as e:
+        raise UsageError(f"recipe {recipe.name} ({recipe.path}): {e}") from None
+    return {key: getattr(cfg, key) for key in {**settings, **override}}
+
+
+# ------------------------------------------------------------------------------------------------
+# The training-set-size rule (folder.yaml)
+# ------------------------------------------------------------------------------------------------
+HYPERRULE_BATCH = 64      # the batch the step counts below are for (BiT: 512)
+HYPERRULE_MAX_EPOCHS = 100
+# (size below which the tier applies, BiT steps at batch 512, BiT warmup, BiT decay points, mixup)
+_BIT_TIERS = (
+    (5_000, 100, 10, (20, 50, 80), 0.0),
+    (20_000, 500, 100, (200, 300, 400), 0.0),
+    (500_000, 10_000, 500, (3_000, 6_000, 9_000), 0.1),
+    (math.inf, 20_000, 500, (6_000, 12_000, 18_000), 0.1),
+)
+
+
+def hyperrule(n_train: int) -> dict:
+    """Schedule settings from the training-set size, after BiT's HyperRule (bit_hyperrule.py).
+
+    BiT fine-tunes at batch 512 for a fixed number of images per size tier, warms up linearly,
+    then divides the lr by 10 at three points. Kept here: the tiers (thresholds 5k / 20k / 500k
+    images), the images-seen budget of each tier, the warmup and decay points as fractions of the
+    run, and MixUp alpha 0.1 from 20k images. Adapted: steps are counted at our batch of 64 (BiT's
+    steps x 8), and the run is capped at 100 epochs — BiT's budget would be 256 epochs for a
+    20k-image folder, far more than our fine-tunes need. Added: a head-only first epoch
+    (Kumar et al. 2022 LP-FT) below 20k images, and ~10 evaluations per run.
+
+        n_train        steps @ 64 (cap 100 ep)   warmup   lr x0.1 at      mixup  probe  images seen
+        < 5,000        800                       10 %     20/50/80 %      0      1      51k  (BiT 100 x 512)
+        5k - 20k       4,000                     20 %     40/60/80 %      0      1      256k (BiT 500 x 512)
+        20k - 500k     80,000                    5 %      30/60/90 %      0.1    0      5.1M (BiT 10k x 512)
+        >= 500k        160,000                   2.5 %    30/60/90 %      0.1    0      10M  (BiT 20k x 512)
+
+    e.g. 1,000 images -> 800 steps (53 epochs); 10,000 -> 4,000 steps (26 epochs); 30,000 ->
+    46,800 steps (100 epochs, capped); 100,000 -> 80,000 steps (51 epochs). Resolution stays at
+    the backbones' 224 px (BiT's resolution rule keys on image size, for its own 480-px models).
+    `resolve_run_config` applies these below every explicit setting.
+    """
+    if n_train <= 0:
+        raise UsageError(f"the training set is empty (n_train={n_train})")
+    _, bit_steps, bit_warmup, bit_decays, mixup = next(t for t in _BIT_TIERS if n_train < t[0])
+    budget_steps = bit_steps * 512 // HYPERRULE_BATCH
+    steps_per_epoch = max(1, n_train // HYPERRULE_BATCH)
+    steps = min(budget_steps, HYPERRULE_MAX_EPOCHS * steps_per_epoch)
+    epochs = steps / steps_per_epoch
+    return {
+        "batch_size": HYPERRULE_BATCH,
+        "steps": steps,
+        "warmup_steps": round(steps * bit_warmup / bit_steps),
+        "schedule": "step",
+        "step_milestones": [d / bit_steps for d in bit_decays],
+        "step_gamma": 0.1,
+        "mixup": mixup,
+        "img_size": 224,
+        "probe_epochs": 1 if n_train < 20_000 else 0,
+        "eval_every": max(1, round(epochs / 10)),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole resolution
+# ------------------------------------------------------------------------------------------------
+LENGTH = ("epochs", "steps")
+
+
+def resolve_run_config(dataset: str, *, recipe: str, model_hint: str | None, config_file: Any,
+                       flags: dict | None, sets: list[str] | None, n_train: int | None = None,
+                       count_train: Callable[[Config], int] | None = None) -> Config:
+    """The run's Config: defaults < recipe (settings, hyperrule, models[backbone]) < model_hint
+    < --config FILE < flags < --set, validated.
+
+    - The backbone whose overrides apply is the final one (a --config/--model/--set may change it).
+    - Training length is one setting written two ways: the highest layer that names epochs or
+      steps decides, so `--epochs 5` over a recipe with `steps: 20000` trains 5 epochs.
+    - With a hyperrule recipe and `n_train`, the rule fills only what no layer above it sets; its
+      step count is an images budget, so it scales with an explicit batch size, and its warmup
+      and evaluation cadence follow a user-chosen length.
+    - `count_train(cfg)`, when given and the recipe needs it, is called once with the settings
+      below the rule (the rule never touches data settings) to count the training set.
+    """
+    name = recipe
+    doc = load_recipe(name)
+    where = f"recipe {doc.name} ({doc.path})"
+    upper: list[tuple[dict[str, Any], str]] = [({"model": model_hint} if model_hint else {}, "--model")]
+    if config_file:
+        upper.append((read_yaml(Path(config_file), "config file"), f"config file {config_file}"))
+    upper.append(({k: v for k, v in (flags or {}).items() if v is not None}, "command-line flags"))
+    upper.append((parse_set(sets or []), "--set"))
+
+    # The backbone whose overrides apply is the one the run will use: find it before merging.
+    model = str(next((values["model"] for values, _ in reversed(upper) if values.get("model")),
+                     doc.settings.get("model") or Config.model))
+    settings, override = _layers(doc, model)
+    if doc.hyperrule and not n_train and count_train is not None:
+        data_cfg = Config()
+        for values, origin in [(settings, where), (override, where), *upper]:
+            data_cfg = apply(data_cfg, values, origin)
+        n_train = count_train(apply(data_cfg, {"dataset": dataset}, "the command line"))
+    rule = hyperrule(n_train) if doc.hyperrule and n_train else None
+    lower = [(settings, where)]
+    if rule is not None:
+        lower.append((rule, f"{where} hyperrule(n_train={n_train})"))
+    above_rule = [(override, f"{where} models.{model_key(model)}"), *upper]
+    layers = lower + above_rule
+
+    cfg = Config()
+    for values, origin in layers:
+        cfg = apply(cfg, values, origin)
+
+    # Training length is one setting written two ways: the highest layer that names it decides.
+    for values, _ in reversed(layers):
+        if any(k in values for k in LENGTH):
+            if "steps" not in values:
+                cfg = apply(cfg, {"steps": 0}, "training length")
+            break
+
+    if rule is not None:
+        cfg = _follow_rule(cfg, rule, {key for values, _ in above_rule for key in values}, n_train)
+    cfg = apply(cfg, {"dataset": dataset, "recipe": name}, "the command line")
+    return cfg.validate()
+
+
+def _follow_rule(cfg: Config, rule: dict, set_above: set[str], n_train: int) -> Config:
+    """Keep the hyperrule's intent when a layer above it changed the batch or the length."""
+    changes: dict[str, Any] = {}
+    if not set_above & set(LENGTH) and cfg.batch_size != rule["batch_size"]:
+        # same number of images as the rule intended, at the batch actually used
+        changes["steps"] = max(1, math.ceil(rule["steps"] * rule["batch_size"] / cfg.batch_size))
+    steps_per_epoch = max(1, n_train // cfg.batch_size)
+    total = changes.get("steps", cfg.steps) or cfg.epochs * steps_per_epoch
+    if "warmup_steps" not in set_above:
+        changes["warmup_steps"] = round(total * rule["warmup_steps"] / rule["steps"])
+    if "eval_every" not in set_above:
+        changes["eval_every"] = max(1, round(total / steps_per_epoch / 10))
+    return apply(cfg, changes, "hyperrule") if changes else cfg

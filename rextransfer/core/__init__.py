@@ -1,0 +1,1 @@
+"""Errors, output streams, atomic files, the reachability probe and plots: used by every layer."""

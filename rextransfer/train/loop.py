@@ -1,0 +1,273 @@
+"""The training loop: epochs -> optimizer steps -> micro-batches; evaluate; checkpoint.
+
+Read `train()` top to bottom: set-up, resume, then epochs of `train_step` calls, each epoch closed
+by `end_of_epoch` (record, evaluate, keep the best). Optimizer groups and the lr schedule are in
+optim.py, the resumable state in state.py. Exactness contract: a run interrupted at any
+step boundary and resumed ends with bit-identical weights and metrics on CPU, because
+  * data order and augmentation are pure functions of (seed, epoch, step) (see pipeline.py),
+  * everything else random (dropout, mixup, head init) uses the global RNGs, saved in last.pt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config.settings import Config
+from ..core.console import log
+from ..core.errors import Interrupted, TrainingError
+from ..data.base import DataSplits
+from .distributed import Dist
+from .metrics import Accumulator
+from .optim import apply_bn_momentum, lr_factor, make_optimizer, set_backbone_trainable
+from .rundir import RunDir
+from .state import StopSignal, TrainState, new_epoch_acc, rng_state, set_rng_state
+
+
+# ------------------------------------------------------------------------------------------------
+# Small helpers
+# ------------------------------------------------------------------------------------------------
+def autocast_for(cfg: Config, device: torch.device):
+    """A factory of autocast contexts: bf16 when cfg.amp asks for it (auto = on CUDA), else none."""
+    use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+
+    def autocast() -> Any:
+        return torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+
+    return autocast
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, pipeline: Any, samples: Any, num_classes: int, autocast: Any) -> tuple[dict, torch.Tensor, float]:
+    """Metrics, confusion matrix and images/s of `model` on a split."""
+    was_training = model.training
+    model.eval()
+    acc = Accumulator(num_classes)
+    start = time.perf_counter()
+    for images, labels in pipeline.eval_batches(samples):
+        with autocast():
+            logits = model(images)
+        acc.update(logits, labels)
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    return acc.result(), acc.confusion, acc.count / max(seconds, 1e-9)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Trainer:
+    """What the loop works with: fixed for the whole run once `train()` has set it up."""
+
+    cfg: Config
+    run: RunDir
+    splits: DataSplits
+    model: nn.Module           # the bare model (weights, EMA source, checkpoints)
+    train_model: nn.Module     # what the step calls: the model, maybe compiled and/or DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    ema: Any                   # timm ModelEmaV3 or None
+    mixup: Any                 # timm Mixup or None
+    loss_fn: Any               # cross-entropy (smoothed) or, with mixup, soft-target cross-entropy
+    pipeline: Any
+    dist: Dist
+    autocast: Any
+    total_steps: int
+    steps_per_epoch: int
+
+
+def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_names: set[str],
+          pipeline: Any, device: torch.device, dist: Dist, checkpoint: dict | None = None) -> dict:
+    """Train `model` on splits.train, evaluating on splits.eval; returns the final state as a dict
+    (metrics of the last evaluation, best so far, timings). Rank 0 writes the run folder."""
+    steps_per_epoch = pipeline.steps_per_epoch(len(splits.train))
+    total_steps = cfg.steps or cfg.epochs * steps_per_epoch
+
+    # -- model, optimizer, EMA, mixup, loss ----------------------------------------------------
+    apply_bn_momentum(model, cfg, steps_per_epoch)
+    optimizer = make_optimizer(model, cfg, head_names)
+    ema = None
+    if cfg.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema_decay)
+    mixup = None
+    loss_fn: Any = _CrossEntropy(cfg.label_smoothing)
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
+                      label_smoothing=cfg.label_smoothing, num_classes=len(splits.classes))
+        loss_fn = SoftTargetCrossEntropy()
+    train_model: nn.Module = torch.compile(model) if cfg.compile else model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # Head-only epochs leave backbone params without grads: DDP must then look for unused ones.
+        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None,
+                          find_unused_parameters=cfg.probe_epochs > 0)
+    t = Trainer(cfg, run, splits, model, train_model, optimizer, ema, mixup, loss_fn, pipeline, dist,
+                autocast_for(cfg, device), total_steps, steps_per_epoch)
+
+    # -- where we start: fresh, or exactly where a checkpoint left off --------------------------
+    state = TrainState()
+    if checkpoint:
+        state = TrainState.from_dict(checkpoint.get("state"), str(run.path))
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if ema is not None and checkpoint.get("ema") is not None:
+            ema.module.load_state_dict(checkpoint["ema"])
+        set_rng_state(checkpoint["rng"])
+        if dist.main:  # a kill between checkpoint and log line, or after the log line: the checkpoint decides
+            run.rewrite_metrics(state.history)
+            log(f"resuming at epoch {state.epoch + 1}, step {state.step}/{total_steps}")
+    wall_before, wall_start = state.wall_time_s, time.perf_counter()
+
+    def save_last() -> None:
+        if dist.main:
+            state.wall_time_s = wall_before + time.perf_counter() - wall_start
+            run.save_last({"state": state.to_dict(), "model": unwrap(model).state_dict(),
+                           "optimizer": optimizer.state_dict(),
+                           "ema": ema.module.state_dict() if ema is not None else None,
+                           "rng": rng_state(), "config": cfg.to_dict()})
+
+    # -- the epochs -------------------------------------------------------------------------------
+    from ..core.progress import TrainProgress
+
+    stopped_early = False
+    with StopSignal() as stop, TrainProgress(total_steps, enabled=dist.main) as bar:
+        bar.advance_to(state.step)
+        while state.step < total_steps and not stopped_early:
+            probing = state.epoch < cfg.probe_epochs
+            model.train()
+            set_backbone_trainable(model, head_names, trainable=not probing)
+            batches = iter(pipeline.train_batches(splits.train, state.epoch, start_step=state.step_in_epoch))
+            tick = time.perf_counter()
+            while state.step_in_epoch < steps_per_epoch and state.step < total_steps:
+                step_loss, lr = train_step(t, state, batches)
+                bar.update(state.step, loss=step_loss, lr=lr,
+                           img_s=state.epoch_acc["seen"] / max(1e-9, state.epoch_acc["train_s"] + time.perf_counter() - tick))
+                if stop.received or _any_rank_stopped(stop, dist):
+                    state.epoch_acc["train_s"] += time.perf_counter() - tick
+                    save_last()
+                    raise Interrupted(
+                        f"{stop.received or 'stop'} received; saved step {state.step}/{total_steps} to {run.last_ckpt} — "
+                        f"resume with: rextransfer finetune --resume {run.path}")
+            state.epoch_acc["train_s"] += time.perf_counter() - tick
+            stopped_early = end_of_epoch(t, state, probing, bar)
+            save_last()  # first the checkpoint (it holds the record), then the log line
+            if dist.main:
+                run.append_metrics(state.history[-1])
+            if dist.world > 1:
+                stopped_early = _broadcast_flag(stopped_early)
+    return {"last_eval": state.last_eval, "best": state.best, "steps": state.step, "epochs": state.epoch,
+            "total_steps": total_steps, "stopped_early": stopped_early,
+            "wall_time_s": wall_before + time.perf_counter() - wall_start}
+
+
+def train_step(t: Trainer, state: TrainState, batches) -> tuple[float, float]:
+    """One optimizer step over `grad_accum` micro-batches; returns (loss, lr) of the step."""
+    cfg = t.cfg
+    factor = lr_factor(state.step, t.total_steps, cfg)
+    for group in t.optimizer.param_groups:
+        group["lr"] = cfg.lr * group["lr_scale"] * factor
+    step_loss = 0.0
+    for micro in range(cfg.grad_accum):
+        wait = time.perf_counter()
+        images, labels = next(batches)
+        state.epoch_acc["data_s"] += time.perf_counter() - wait
+        targets = labels
+        if t.mixup is not None:
+            images, targets = t.mixup(images, labels)
+        sync = micro == cfg.grad_accum - 1 or t.dist.world == 1  # DDP all-reduces on the last micro-batch only
+        with (contextlib.nullcontext() if sync else t.train_model.no_sync()), t.autocast():
+            loss = t.loss_fn(t.train_model(images).float(), targets)
+        (loss / cfg.grad_accum).backward()
+        step_loss += loss.item() / cfg.grad_accum
+        state.epoch_acc["seen"] += labels.shape[0] * t.dist.world
+    if not math.isfinite(step_loss):
+        raise TrainingError(
+            f"loss became {step_loss} at step {state.step + 1}; stopped without saving it — "
+            f"the last good checkpoint is {t.run.last_ckpt}; try a lower --lr (now {cfg.lr:g})")
+    if cfg.clip_grad:
+        torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.clip_grad)
+    t.optimizer.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    if t.ema is not None:
+        t.ema.update(t.model, step=state.step)
+    state.step += 1
+    state.step_in_epoch += 1
+    state.epoch_acc["loss_sum"] += step_loss
+    return step_loss, cfg.lr * factor
+
+
+def end_of_epoch(t: Trainer, state: TrainState, probing: bool, bar) -> bool:
+    """Record the epoch, evaluate (rank 0) when due, keep the best weights; True = stop early."""
+    cfg, acc = t.cfg, state.epoch_acc
+    state.epoch += 1
+    state.step_in_epoch = 0
+    record = {"epoch": state.epoch, "step": state.step, "lr": cfg.lr * lr_factor(state.step - 1, t.total_steps, cfg),
+              "train_loss": acc["loss_sum"] / max(1, t.steps_per_epoch),
+              "train_img_per_s": acc["seen"] / max(1e-9, acc["train_s"]),
+              "data_wait_share": acc["data_s"] / max(1e-9, acc["train_s"]),
+              "probe": probing}
+    state.epoch_acc = new_epoch_acc()
+    stop = False
+    if t.dist.main and (state.epoch % cfg.eval_every == 0 or state.step >= t.total_steps):
+        headline = t.splits.metric
+        eval_model = t.ema.module if t.ema is not None else t.model
+        metrics, confusion, eval_speed = evaluate(eval_model, t.pipeline, t.splits.eval, len(t.splits.classes), t.autocast)
+        state.last_eval = {**metrics, "epoch": state.epoch, "step": state.step, "eval_img_per_s": eval_speed,
+                           "confusion": confusion}
+        record.update({f"eval_{k}": v for k, v in metrics.items()}, eval_img_per_s=eval_speed)
+        if not state.best or metrics[headline] > state.best[headline]:
+            state.best = {**metrics, "epoch": state.epoch, "step": state.step}
+            state.bad_evals = 0
+            t.run.save_best(unwrap(eval_model).state_dict(), {
+                "epoch": str(state.epoch), "step": str(state.step), "model": cfg.model, "width": str(cfg.width),
+                "num_classes": str(len(t.splits.classes))})
+        else:
+            state.bad_evals += 1
+        epochs = math.ceil(t.total_steps / t.steps_per_epoch)
+        bar.note(f"epoch {state.epoch}/{epochs}  {headline} {metrics[headline]:.2f}  loss {metrics['loss']:.3f}")
+        stop = bool(cfg.early_stop) and state.bad_evals >= cfg.early_stop
+    state.history.append(record)
+    return stop
+
+
+class _CrossEntropy:
+    """Cross-entropy with label smoothing, as a loss object like timm's (logits, targets) -> loss."""
+
+    def __init__(self, smoothing: float):
+        self.smoothing = smoothing
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, label_smoothing=self.smoothing)
+
+
+def _any_rank_stopped(stop: StopSignal, dist: Dist) -> bool:
+    """Under DDP every rank must stop at the same step, or the others hang in all-reduce."""
+    if dist.world == 1:
+        return False
+    return _broadcast_flag(stop.received is not None, op="max")
+
+
+def _broadcast_flag(flag: bool, op: str = "max") -> bool:
+    import torch.distributed as tdist
+
+    t = torch.tensor([1.0 if flag else 0.0], device="cuda" if tdist.get_backend() == "nccl" else "cpu")
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item())

@@ -1,0 +1,272 @@
+"""A fine-tuning run from settings to finished run folder.
+
+    settings (recipe < --config < flags < --set, resolved once, after the training set is counted)
+    -> weights reachable? (fast, before torch)  ->  data + pre-flight scan  ->  backbone
+    -> run folder (new or resumed)  ->  loop.train()  ->  summary, per-class/confusion, plots
+
+Resume: `--resume RUN_DIR`, or the same `--name` again, continues from checkpoints/last.pt with
+the stored settings; any setting that would change the result is refused as incompatible.
+Nothing here prints results: it returns a `RunResult` that the CLI reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..config.settings import Config, from_dict
+from ..core.console import log
+from ..core.errors import DataError, Interrupted, RunError, TrainingError
+from .rundir import RunDir
+
+# Settings that may differ between a run and its resumption: they do not change the result.
+RESUME_FREE = {"device", "workers", "runs_dir", "log_every", "cache", "data_root", "source"}
+
+
+@dataclass
+class DryRun:
+    """What `--dry-run` reports: the resolved settings and what they would train."""
+
+    cfg: Config
+    splits: Any
+    backbone: Any
+    costs: dict
+    steps_per_epoch: int
+    total_steps: int
+    run_path: Path
+
+
+@dataclass
+class RunResult:
+    path: Path
+    summary: dict | None = None      # summary.json of a run that just finished
+    dry_run: DryRun | None = None    # set instead, for --dry-run
+    already_complete: bool = False
+
+
+def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict | None = None,
+                 sets: list[str] | None = None, name: str | None = None, runs_dir: str | None = None,
+                 config_file: Path | None = None, resume: Path | None = None, dry_run: bool = False,
+                 complete_is_error: bool = False) -> RunResult:
+    """Train (or resume, or return at once when complete) and return the run folder."""
+    from ..data import dataset_label, default_recipe_for, get_splits
+
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    if runs_dir:
+        flags["runs_dir"] = runs_dir
+
+    # 1. Settings, resolved once (a size-dependent recipe counts the training set first), and the
+    #    run folder they belong to.
+    loaded: dict[str, Any] = {}
+
+    def count_train(data_cfg: Config) -> int:
+        loaded["splits"] = get_splits(data_cfg)
+        return len(loaded["splits"].train)
+
+    if resume is not None:
+        if sets or config_file or recipe:
+            raise RunError("--resume continues a run with its stored settings; drop --set/--config/--recipe")
+        run = RunDir(Path(resume))
+        stored = from_dict(run.stored_config(), f"{run.path}/config.yaml")
+        given = flags
+        cfg = from_dict({**stored.to_dict(), **flags}, "flags")
+    else:
+        if not dataset:
+            raise DataError("give a dataset name or folder, or --resume RUN_DIR")
+        from ..config.recipes import resolve_run_config
+
+        cfg = resolve_run_config(dataset, recipe=recipe or default_recipe_for(dataset), model_hint=None,
+                                 config_file=config_file, flags=flags, sets=sets or [], count_train=count_train)
+        run = RunDir(Path(cfg.runs_dir) / dataset_label(cfg.dataset) / (name or RunDir.default_name(cfg.model, cfg.width)))
+        given = _result_settings(cfg)
+    status = run.status()
+    if status == "complete":
+        if complete_is_error and not dry_run:
+            raise RunError(f"run {run.path} is already complete; choose another --name or evaluate it with `rextransfer evaluate {run.path}`")
+        return RunResult(run.path, summary=run.summary(), already_complete=True)
+    resuming = status in ("interrupted", "failed", "running") and run.last_ckpt.exists()
+    if resuming:  # only if nothing that shapes the result changed
+        _check_compatible(from_dict(run.stored_config(), "stored config"), given, run)
+
+    # 2. Weights must be reachable before anything imports huggingface_hub (it reads the offline
+    #    flag once); this and the data checks run before torch is imported, so mistakes fail fast.
+    from ..models.registry import ensure_weights_available
+
+    weight_source = ensure_weights_available(cfg)
+    splits = loaded.get("splits") or get_splits(cfg)
+
+    # 3. Processes and devices (torchrun sets WORLD_SIZE); one run folder for all ranks.
+    from ..models import build as models
+    from .distributed import broadcast_object, init_distributed, seed_everything
+
+    dist, device = init_distributed(cfg)
+    run = RunDir(broadcast_object(run.path, dist))  # rank 0's name (it carries a timestamp)
+
+    # 4. Pre-flight scan: unreadable images are skipped (listed in bad_files.csv) or fail the run.
+    from ..data.scan import scan_samples
+
+    scans = {name_: scan_samples(getattr(splits, name_), policy=cfg.bad_files) for name_ in ("train", "eval")}
+    for result in scans.values():
+        if result.bad:
+            log(f"[yellow]{result.summary()}; skipped (listed in bad_files.csv)[/]")
+    splits = dataclasses.replace(splits, train=splits.train.subset(scans["train"].good),
+                                 eval=splits.eval.subset(scans["eval"].good))
+
+    # 5. Model (seeded: the new head's init is part of the run's identity).
+    seed_everything(cfg.seed)
+    backbone = models.build_backbone(cfg, num_classes=len(splits.classes))
+    if cfg.zero_head:
+        models.zero_head(backbone.model)
+    costs = models.model_costs(backbone.model, cfg.img_size)
+    from ..data.pipeline import Pipeline
+
+    pipeline = Pipeline(cfg, backbone.data_config, device, rank=dist.rank, world=dist.world)
+    if dry_run:
+        per_epoch = pipeline.steps_per_epoch(len(splits.train))
+        return RunResult(run.path, dry_run=DryRun(cfg, splits, backbone, costs, per_epoch,
+                                                  cfg.steps or cfg.epochs * per_epoch, run.path))
+
+    # 6. Run folder (rank 0 writes; the others only train).
+    checkpoint = None
+    if resuming:
+        import torch
+
+        try:
+            checkpoint = torch.load(run.last_ckpt, map_location="cpu", weights_only=True)
+        except Exception as e:  # torn or foreign file
+            raise RunError(f"cannot resume {run.path}: checkpoint unreadable ({type(e).__name__}); start a new run with another --name") from None
+    elif dist.main:
+        run.create()
+        run.rewrite_metrics([])  # a folder reused without a checkpoint starts a clean log
+    if dist.main:
+        run.remove_stale_temp_files()
+        run.write_config(cfg)
+        run.write_env(_env(cfg, device, dist, splits, backbone, weight_source, scans))
+        if any(s.bad for s in scans.values()):
+            run.write_bad_files(list(scans.values()))
+        log(f"run folder: {run.path}")
+
+    # 7. Train.
+    from .loop import train
+
+    pipeline.prepare(splits.train, splits.eval)  # build pixel caches now, not inside epoch 1's timing
+    model = backbone.model.to(device)
+    if pipeline.channels_last:
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
+    base = _summary_base(cfg, run, splits, backbone, costs, device)
+    try:
+        result = train(cfg, run, splits, model, models.head_parameter_names(model), pipeline, device, dist, checkpoint)
+    except Interrupted:
+        if dist.main:
+            run.write_summary({**base, "status": "interrupted"})
+        raise
+    except TrainingError:
+        if dist.main:
+            run.write_summary({**base, "status": "failed"})
+        raise
+    except Exception as e:
+        oom = _oom_error(e, cfg)
+        if oom is None:
+            raise
+        if dist.main:
+            run.write_summary({**base, "status": "failed"})
+        raise oom from None
+    finally:
+        _shutdown(dist)
+    summary = _finish(run, splits, result, base) if dist.main else None
+    return RunResult(run.path, summary=summary)
+
+
+def _result_settings(cfg: Config) -> dict:
+    """The settings that shape a run's result (all but RESUME_FREE)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in RESUME_FREE}
+
+
+def _check_compatible(stored: Config, given: dict, run: RunDir) -> None:
+    old = stored.to_dict()
+    for key, value in given.items():
+        if key in RESUME_FREE or key not in old:
+            continue
+        if old[key] != value:
+            raise RunError(f"cannot resume {run.path}: {key} was {old[key]!r}, now {value!r}; "
+                           f"use the same settings or another --name")
+
+
+def _env(cfg, device, dist, splits, backbone, weight_source, scans) -> dict:
+    import timm
+    import torch
+    import torchvision
+
+    from .. import __version__
+
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {
+        "rextransfer": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "timm": timm.__version__, "platform": platform.platform(),
+        "device": str(device), "gpu": gpu, "cuda": torch.version.cuda, "world_size": dist.world,
+        "timm_name": backbone.timm_name, "weight_tag": backbone.weight_tag,
+        "pretrained_source": backbone.pretrained_source, "weights_check": weight_source,
+        "preprocessing": {**backbone.data_config, "img_size": cfg.img_size,
+                          "crop_pct_used": cfg.crop_pct or backbone.data_config.get("crop_pct")},
+        "data": {"source": splits.source, "train_size": len(splits.train), "eval_size": len(splits.eval),
+                 "eval_split": splits.eval_split, "headline_metric": splits.metric, **splits.notes},
+        "bad_files": {k: dict(v.counts) for k, v in scans.items()},
+        "classes": splits.classes,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _summary_base(cfg, run, splits, backbone, costs, device) -> dict:
+    from .distributed import device_name
+
+    return {
+        "run_name": run.path.name, "dataset": run.path.parent.name, "model": cfg.model, "width": cfg.width,
+        "timm_name": backbone.timm_name, "weight_tag": backbone.weight_tag, "pretrained": cfg.pretrained,
+        "recipe": cfg.recipe, "seed": cfg.seed, "img_size": cfg.img_size, "num_classes": len(splits.classes),
+        "train_size": len(splits.train), "eval_size": len(splits.eval), "eval_split": splits.eval_split,
+        "headline_metric": splits.metric, "params_m": costs["params_m"], "gmacs": costs["gmacs"], "device": device_name(device),
+    }
+
+
+def _finish(run: RunDir, splits, result: dict, base: dict) -> dict:
+    last = dict(result["last_eval"])
+    confusion = last.pop("confusion")
+    train_speeds = [r["train_img_per_s"] for r in run.metrics() if r.get("train_img_per_s")]
+    summary = {
+        **base, "status": "complete",
+        "headline": last.get(splits.metric),
+        "final": {k: last.get(k) for k in ("top1", "top5", "mean_class_acc", "loss")},
+        "best": result["best"], "epochs": result["epochs"], "steps": result["steps"],
+        "stopped_early": result["stopped_early"],
+        "train_img_per_s": sorted(train_speeds)[len(train_speeds) // 2] if train_speeds else None,
+        "eval_img_per_s": last.get("eval_img_per_s"), "wall_time_s": result["wall_time_s"],
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    run.write_results(confusion, splits.classes, splits.metric, splits.eval_split)
+    run.write_summary(summary)  # last: a summary marked complete means every other file is there
+    return summary
+
+
+def _oom_error(e: Exception, cfg: Config) -> TrainingError | None:
+    """The one-line error for running out of (GPU) memory, suggesting a batch that fits."""
+    import torch
+
+    if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
+        half = max(1, cfg.batch_size // 2)
+        return TrainingError(f"out of memory at batch size {cfg.batch_size}; try --batch-size {half}, "
+                             f"or keep the batch with --set grad_accum={cfg.grad_accum * 2}")
+    return None
+
+
+def _shutdown(dist: Any) -> None:
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
