@@ -2,8 +2,8 @@
 
 Cases covered elsewhere and counted in the closing note: offline without weights and corrupt
 --weights files (test_models.py), archive path traversal and offline download (test_download.py),
-undecodable image kinds (test_scan.py), incompatible resume (test_resume_ddp.py), bad flags and
---set values (test_cli.py).
+undecodable image kinds (test_scan.py), incompatible resume (test_state.py), bad flags and
+--set values (test_app.py).
 """
 
 import json
@@ -240,4 +240,4 @@ def test_ctrl_c_to_the_whole_process_group_with_loader_workers_saves_and_resumes
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "resume with: rextransfer finetune --resume" in stderr and "Traceback" not in stderr
-    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] >= 2
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state"]["step"] >= 2

@@ -29,7 +29,7 @@ from rextransfer.models.registry import WEIGHTS
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Published figures (params in M at 1000 classes, GMACs at 224 px): DESIGN.md section 4.
+# Published figures (params in M at 1000 classes, GMACs at 224 px): timm's model cards (timm/<tag> on the Hub).
 SPEC = [
     ("rexnet", 1.0, 4.80, 0.40),
     ("rexnet", 1.5, 9.73, None),
@@ -204,9 +204,9 @@ def test_no_network_no_cache_fails_fast_with_how_to_fix(tmp_path):
     code = """
         import json, sys, time
         start = time.monotonic()
-        from rextransfer.config import Config
-        from rextransfer.errors import ModelError
-        from rextransfer.weights import ensure_weights_available
+        from rextransfer.config.settings import Config
+        from rextransfer.core.errors import ModelError
+        from rextransfer.models.registry import ensure_weights_available
         try:
             ensure_weights_available(Config(model="rexnet", width=1.0))
             message = None
@@ -253,8 +253,8 @@ def test_cached_weights_load_offline_without_retrying(tmp_path, imagenet_like):
     code = f"""
         import json, os, time, torch
         from safetensors.torch import load_file
-        from rextransfer.config import Config
-        from rextransfer.models import build_backbone
+        from rextransfer.config.settings import Config
+        from rextransfer.models.build import build_backbone
         start = time.monotonic()
         b37 = build_backbone(Config(model="rexnet", width=1.0), num_classes=37)
         seconds = time.monotonic() - start

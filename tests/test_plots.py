@@ -1,19 +1,25 @@
 """PNG plots: valid files of the documented size, robust to empty and missing data."""
 
 import math
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 from PIL import Image
 
-from rextransfer import plots
+from rextransfer.core import plots
 
 
 def _open_verified(path):
     with Image.open(path) as im:
         im.verify()  # raises on a truncated or corrupt file
-    im = Image.open(path)
-    assert im.format == "PNG"
-    return im
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.load()
+        return im
 
 
 def _panel(title, n_series=3, n=10):
@@ -39,7 +45,8 @@ def test_line_panels_default_layout_wraps_rows(tmp_path):
 
 def test_line_panels_draw_series_colours(tmp_path):
     path = plots.line_panels(tmp_path / "p.png", [_panel("one", n_series=2)])
-    colours = {c for _, c in Image.open(path).convert("RGB").getcolors(1 << 20)}
+    with Image.open(path) as im:
+        colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
     assert plots.PALETTE[0] in colours and plots.PALETTE[1] in colours
 
 
@@ -76,9 +83,56 @@ def test_heatmap_200_classes_omits_labels(tmp_path):
     assert 600 <= im.width <= 1000 and 600 <= im.height <= 1000
     # With labels past max_labels omitted, the picture is the same as with no labels at all.
     bare = plots.heatmap(tmp_path / "bare.png", m)
-    assert Image.open(bare).tobytes() == im.tobytes()
+    with Image.open(bare) as b:
+        assert b.tobytes() == im.tobytes()
 
 
 def test_heatmap_constant_and_empty(tmp_path):
     assert _open_verified(plots.heatmap(tmp_path / "c.png", [[1, 1], [1, 1]]))
     assert _open_verified(plots.heatmap(tmp_path / "e.png", []))
+
+
+def test_heatmap_cells_use_viridis_and_missing_grey(tmp_path):
+    m = [[0.0, 1.0], [float("nan"), None]]
+    with Image.open(plots.heatmap(tmp_path / "h.png", m)) as im:
+        colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
+    assert plots.MISSING in colours
+    assert (68, 1, 84) in colours and (253, 231, 36) in colours  # viridis at min and max
+
+
+def test_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(plots.os, "replace", boom)
+    with pytest.raises(OSError):
+        plots.line_panels(tmp_path / "p.png", [_panel("x")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_file_is_world_readable(tmp_path):
+    path = plots.heatmap(tmp_path / "h.png", [[1, 2], [3, 4]])
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+def test_no_pyplot_figures_leak(tmp_path):
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    plots.line_panels(tmp_path / "p.png", [_panel("x")], title="t")
+    plots.heatmap(tmp_path / "h.png", [[1, 2], [3, 4]], title="t")
+    assert plt.get_fignums() == before
+
+
+def test_import_does_not_import_matplotlib():
+    code = "import rextransfer.core.plots, sys; assert 'matplotlib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_lone_point_between_gaps_is_drawn(tmp_path):
+    def blue_pixels(xlim):
+        series = [{"label": "lone", "x": [1, 2, 3], "y": [None, 1.5, math.nan]}]
+        panel = {"xlim": xlim, "ylim": (0, 3), "series": series}
+        with Image.open(plots.line_panels(tmp_path / "p.png", [panel])) as im:
+            return dict((c, n) for n, c in im.convert("RGB").getcolors(1 << 20)).get(plots.PALETTE[0], 0)
+    # In view the point gets a marker; scrolled out of view only the legend entry is left.
+    assert blue_pixels((0, 4)) > blue_pixels((10, 20)) > 0

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from rextransfer.config import recipes
 from rextransfer.data import default_recipe_for, recipe_defaults
 from rextransfer.cli.app import app
-from rextransfer.config.settings import FIELD_TYPES, Config
+from rextransfer.config.settings import FIELD_TYPES, Config, apply
+from rextransfer.models.registry import BUILTIN, finetune_defaults, resolve_spec
 from rextransfer.core.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +48,15 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 def resolve(dataset="demo", recipe=None, model_hint=None, config_file=None, flags=None, sets=None, n_train=None):
     return recipes.resolve_run_config(dataset, recipe=recipe or default_recipe_for(dataset), model_hint=model_hint, config_file=config_file,
-                                      flags=flags or {}, sets=sets or [], n_train=n_train)
+                                      flags=flags or {}, sets=sets or [], n_train=n_train, backbone_defaults=finetune_defaults)
+
+
+def recipe_values(name: str, model: str) -> dict:
+    """A recipe's own settings (with its block for `model`), converted to the Config field types."""
+    recipe = recipes.load_recipe(name)
+    own = {**recipe.settings, **recipe.models.get(recipes.model_key(model), {})}
+    cfg = apply(Config(), own, name)
+    return {key: getattr(cfg, key) for key in own}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -58,10 +67,10 @@ def test_the_promised_recipes_ship():
     assert recipes.recipes_dir() == REPO / "recipes"
 
 
-@pytest.mark.parametrize("model", recipes.BACKBONES)
+@pytest.mark.parametrize("model", BUILTIN)
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_recipe_loads_and_validates_for_every_backbone(name, model):
-    values = recipes.recipe_settings(name, model)
+    values = recipe_values(name, model)
     assert values and set(values) <= set(FIELD_TYPES)
     for key, value in values.items():  # converted to the field's type
         assert isinstance(value, type(getattr(Config(), key))), (name, key, value)
@@ -82,16 +91,16 @@ def test_every_recipe_value_carries_a_comment(name):
     assert len(keyed) >= len(data["settings"])
     for line in keyed:
         assert re.search(r"#\s*\S.{8,}", line), f"{name}.yaml: value without a source comment: {line.strip()}"
-    assert set(data.get("models") or {}) <= set(recipes.BACKBONES)
+    assert set(data.get("models") or {}) <= set(BUILTIN)
 
 
 @pytest.mark.parametrize("name", DATASETS)
 def test_dataset_recipes_are_gpu_runs_at_the_papers_resolution_with_backbone_overrides(name):
-    rexnet, resnet, effnet = (recipes.recipe_settings(name, m) for m in recipes.BACKBONES)
-    assert rexnet["img_size"] == 224 and rexnet["optimizer"] == "sgd" and rexnet["nesterov"]
+    rexnet, resnet, effnet = (resolve(dataset=name, recipe=name, model_hint=m) for m in BUILTIN)
+    assert rexnet.img_size == 224 and rexnet.optimizer == "sgd" and rexnet.nesterov
     # each backbone keeps the weight decay it was pretrained with; ResNet50 uses the paper-era weights
-    assert resnet["weight_decay"] == 1e-4 and resnet["weights"] == "tv_in1k"
-    assert effnet["weight_decay"] == rexnet["weight_decay"] == 1e-5
+    assert resnet.weight_decay == 1e-4 and resolve_spec(resnet.model, resnet.width, resnet.weights)[1] == "resnet50.tv_in1k"
+    assert effnet.weight_decay == rexnet.weight_decay == 1e-5
 
 
 def test_paper_profile_follows_the_documented_protocol():
@@ -302,7 +311,7 @@ def test_hyperrule_recipe_keeps_its_per_model_overrides():
 # ------------------------------------------------------------------------------------------------
 def test_unknown_recipe_lists_the_available_ones():
     with pytest.raises(UsageError) as e:
-        recipes.recipe_settings("nope", "rexnet")
+        recipes.load_recipe("nope")
     assert "unknown recipe 'nope'" in str(e.value) and "cars" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -322,7 +331,7 @@ def test_unknown_recipe_lists_the_available_ones():
 def test_bad_recipes_are_one_line_errors_naming_the_problem(recipe_dir, text, words):
     recipe_dir("bad", text)
     with pytest.raises(UsageError) as e:
-        recipes.recipe_settings("bad", "rexnet")
+        recipes.load_recipe("bad")
     message = str(e.value)
     assert "\n" not in message
     for word in words:

@@ -88,7 +88,7 @@ def source_from_run(run_dir, settings: FeatureSettings, dataset: str | None = No
     import dataclasses
     from pathlib import Path
 
-    from ..train.run import load_run_model
+    from ..train.inference import load_run_model
 
     model, cfg, classes, data_config = load_run_model(Path(run_dir), settings.checkpoint, "cpu")
     cfg = dataclasses.replace(cfg, dataset=dataset or cfg.dataset, data_root=data_root or cfg.data_root,

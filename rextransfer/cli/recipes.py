@@ -51,6 +51,7 @@ def show(
     from ..config.settings import to_yaml
     from ..core.console import out
     from ..config.recipes import load_recipe, resolve_run_config
+    from ..models.registry import finetune_defaults
     from ..data import recipe_defaults
 
     recipe = load_recipe(name)  # unknown name -> one-line error listing the recipes
@@ -58,7 +59,8 @@ def show(
         made_for = recipe_defaults().get(recipe.name, [])
         dataset = made_for[0] if made_for and made_for[0] != "image folders" else "<dataset>"
     cfg = resolve_run_config(dataset, recipe=name, model_hint=model, config_file=None,
-                             flags={"width": width}, sets=[], n_train=n_train)
+                             flags={"width": width}, sets=[], n_train=n_train,
+                             backbone_defaults=finetune_defaults)
     header = f"# recipe {recipe.name} ({recipe.path}) for model {cfg.model}"
     if recipe.hyperrule:
         header += f", training-set size {n_train}" if n_train else "; schedule from the training-set size at run time (try --n-train N)"

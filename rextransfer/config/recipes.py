@@ -15,8 +15,8 @@ Each built-in dataset has a recipe of its own name (cars.yaml for `cars`), image
 `folder`, and any recipe can be chosen with `--recipe NAME` (or `--recipe path/to/file.yaml`).
 
 Precedence, later wins (`resolve_run_config`):
-    defaults < recipe settings < hyperrule(n_train) < recipe models[<backbone>] < model hint
-    < --config FILE < command-line flags < --set key=value
+    defaults < backbone registry (its pretraining weight decay) < recipe settings < hyperrule(n_train)
+    < recipe models[<backbone>] < model hint < --config FILE < command-line flags < --set key=value
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from .settings import Config, apply, parse_set, read_yaml
 from ..core.errors import UsageError
 
 RECIPE_KEYS = ("description", "settings", "models", "hyperrule")
-BACKBONES = ("rexnet", "resnet50", "efficientnet_b0")  # registry names that per-model overrides key on
 FOLDER = "folder"  # the recipe for image folders (and registered datasets without their own)
 
 
@@ -78,7 +77,7 @@ def _path_of(name: str) -> Path:
 
 
 def load_recipe(name: str) -> Recipe:
-    """Read and check the structure of a recipe (values are checked by `recipe_settings`)."""
+    """Read a recipe and check it: its structure, and every value (known key, right type, valid)."""
     path = _path_of(name)
     data = read_yaml(path, "recipe")
     where = f"recipe {name} ({path})"
@@ -94,8 +93,16 @@ def load_recipe(name: str) -> Recipe:
     hyper = data.get("hyperrule", False)
     if not isinstance(hyper, bool):
         raise UsageError(f"{where}: 'hyperrule' must be true or false; got {hyper!r}")
-    return Recipe(name=name, path=path, description=str(data.get("description") or "").strip(),
-                  settings=settings, models={str(k).lower(): v for k, v in models.items()}, hyperrule=hyper)
+    recipe = Recipe(name=name, path=path, description=str(data.get("description") or "").strip(),
+                    settings=settings, models={str(k).lower(): v for k, v in models.items()}, hyperrule=hyper)
+    # Values: every key known and of the right type, and valid together, for every backbone block.
+    base = apply(Config(), settings, where)
+    for key, block in [("", {}), *recipe.models.items()]:
+        try:
+            apply(base, block, f"{where} models.{key}").validate()
+        except UsageError as e:
+            raise UsageError(str(e) if str(e).startswith(f"recipe {name}") or where in str(e) else f"{where}: {e}") from None
+    return recipe
 
 
 def uses_hyperrule(name: str) -> bool:
@@ -128,22 +135,6 @@ def model_key(model: str) -> str:
 
 def _layers(recipe: Recipe, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return recipe.settings, recipe.models.get(model_key(model), {})
-
-
-def recipe_settings(name: str, model: str) -> dict:
-    """The recipe's settings merged with its overrides for `model`, type-checked (values converted
-    to the Config field types). Bad keys, types or values -> one-line UsageError."""
-    recipe = load_recipe(name)
-    settings, override = _layers(recipe, model)
-    cfg = apply(Config(), settings, f"recipe {recipe.name} ({recipe.path})")
-    cfg = apply(cfg, override, f"recipe {recipe.name} ({recipe.path}) models.{model_key(model)}")
-    for key, block in recipe.models.items():  # every backbone's overrides, not only this one's
-        apply(Config(), block, f"recipe {recipe.name} ({recipe.path}) models.{key}")
-    try:
-        cfg.validate()
-    except UsageError as e:
-        raise UsageError(f"recipe {recipe.name} ({recipe.path}): {e}") from None
-    return {key: getattr(cfg, key) for key in {**settings, **override}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,9 +202,13 @@ LENGTH = ("epochs", "steps")
 
 def resolve_run_config(dataset: str, *, recipe: str, model_hint: str | None, config_file: Any,
                        flags: dict | None, sets: list[str] | None, n_train: int | None = None,
-                       count_train: Callable[[Config], int] | None = None) -> Config:
-    """The run's Config: defaults < recipe (settings, hyperrule, models[backbone]) < model_hint
-    < --config FILE < flags < --set, validated.
+                       count_train: Callable[[Config], int] | None = None,
+                       backbone_defaults: Callable[[str], dict] | None = None) -> Config:
+    """The run's Config: defaults < backbone_defaults(model) < recipe (settings, hyperrule,
+    models[backbone]) < model_hint < --config FILE < flags < --set, validated.
+
+    - `backbone_defaults(model)` is what the backbone registry says every recipe should use for
+      that backbone (its pretraining weight decay: models/registry.py finetune_defaults).
 
     - The backbone whose overrides apply is the final one (a --config/--model/--set may change it).
     - Training length is one setting written two ways: the highest layer that names epochs or
@@ -237,13 +232,14 @@ def resolve_run_config(dataset: str, *, recipe: str, model_hint: str | None, con
     model = str(next((values["model"] for values, _ in reversed(upper) if values.get("model")),
                      doc.settings.get("model") or Config.model))
     settings, override = _layers(doc, model)
+    backbone = [(backbone_defaults(model), f"backbone registry ({model_key(model)})")] if backbone_defaults else []
     if doc.hyperrule and not n_train and count_train is not None:
         data_cfg = Config()
-        for values, origin in [(settings, where), (override, where), *upper]:
+        for values, origin in [*backbone, (settings, where), (override, where), *upper]:
             data_cfg = apply(data_cfg, values, origin)
         n_train = count_train(apply(data_cfg, {"dataset": dataset}, "the command line"))
     rule = hyperrule(n_train) if doc.hyperrule and n_train else None
-    lower = [(settings, where)]
+    lower = [*backbone, (settings, where)]
     if rule is not None:
         lower.append((rule, f"{where} hyperrule(n_train={n_train})"))
     above_rule = [(override, f"{where} models.{model_key(model)}"), *upper]

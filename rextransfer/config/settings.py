@@ -237,27 +237,6 @@ def apply(cfg: Config, values: dict[str, Any], origin: str) -> Config:
     return dataclasses.replace(cfg, **checked)
 
 
-def resolve(
-    *,
-    recipe: dict[str, Any] | None = None,
-    recipe_name: str = "default",
-    config_file: Path | None = None,
-    flags: dict[str, Any] | None = None,
-    sets: list[str] | None = None,
-) -> Config:
-    """Assemble a Config in precedence order and validate it."""
-    cfg = Config(recipe=recipe_name)
-    if recipe:
-        cfg = apply(cfg, recipe, f"recipe {recipe_name}")
-    if config_file is not None:
-        cfg = apply(cfg, read_yaml(config_file, "config file"), f"config file {config_file}")
-    if flags:
-        cfg = apply(cfg, {k: v for k, v in flags.items() if v is not None}, "command-line flags")
-    if sets:
-        cfg = apply(cfg, parse_set(sets), "--set")
-    return cfg.validate()
-
-
 def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 

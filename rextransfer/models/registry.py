@@ -6,8 +6,8 @@ This module imports no heavy library at module level (no torch, no timm, no hugg
 makes timm retry the Hub for ~25 s before failing with a long traceback.
 
 Published figures (ImageNet-1k top-1 at the weights' own eval preprocessing, parameters at 1000
-classes, GMACs at 224 px) are from timm's model cards and results tables, as recorded in
-DESIGN.md section 4. `rextransfer models --computed` and tests/test_models.py recompute params and
+classes, GMACs at 224 px) are from timm's model cards on the Hugging Face Hub (timm/<tag>) and
+timm's results-imagenet.csv. `rextransfer models --computed` and tests/test_models.py recompute params and
 GMACs from the architectures and check them against these numbers.
 """
 
@@ -32,6 +32,7 @@ class Weight:
     top1: float       # ImageNet-1k top-1, %
     params_m: float   # parameters, millions, with the 1000-class head
     gmacs: float      # multiply-adds at 224x224, billions
+    weight_decay: float  # the decay these weights were pretrained with: fine-tuning keeps it (see finetune_defaults)
     default: bool = True  # the tag used when the `weights` setting is empty
 
     @property
@@ -46,18 +47,24 @@ class Weight:
         return self.model if self.default else f"{self.model} --set weights={self.tag.split('.', 1)[1]}"
 
 
+# Weight decay of the pretraining recipes: ReXNet 1e-5 (clovaai/rexnet README: --weight-decay 1e-5);
+# torchvision ResNet50 1e-4 (torchvision's ImageNet reference recipe); timm efficientnet_b0.ra_in1k
+# 1e-5 (its RandAugment recipe); resnet50.a1_in1k was trained with LAMB at decoupled wd 0.01 (timm
+# "ResNet strikes back"), which as SGD's L2 term we keep at torchvision's 1e-4.
 WEIGHTS: tuple[Weight, ...] = (
-    Weight("rexnet", 1.0, "rexnet_100.nav_in1k", 77.86, 4.80, 0.40),
-    Weight("rexnet", 1.3, "rexnet_130.nav_in1k", 79.49, 7.56, 0.68),
-    Weight("rexnet", 1.5, "rexnet_150.nav_in1k", 80.32, 9.73, 0.90),
-    Weight("rexnet", 2.0, "rexnet_200.nav_in1k", 81.64, 16.37, 1.56),
-    Weight("rexnet", 3.0, "rexnet_300.nav_in1k", 82.78, 34.71, 3.44),
+    Weight("rexnet", 1.0, "rexnet_100.nav_in1k", 77.86, 4.80, 0.40, 1e-5),
+    Weight("rexnet", 1.3, "rexnet_130.nav_in1k", 79.49, 7.56, 0.68, 1e-5),
+    Weight("rexnet", 1.5, "rexnet_150.nav_in1k", 80.32, 9.73, 0.90, 1e-5),
+    Weight("rexnet", 2.0, "rexnet_200.nav_in1k", 81.64, 16.37, 1.56, 1e-5),
+    Weight("rexnet", 3.0, "rexnet_300.nav_in1k", 82.78, 34.71, 3.44, 1e-5),
     # torchvision's original weights: the ResNet50 of the paper's era (and of Kornblith et al.).
-    Weight("resnet50", 1.0, "resnet50.tv_in1k", 76.13, 25.56, 4.11),
+    Weight("resnet50", 1.0, "resnet50.tv_in1k", 76.13, 25.56, 4.11, 1e-4),
     # timm's own default since 2021: stronger recipe, different eval crop (0.95).
-    Weight("resnet50", 1.0, "resnet50.a1_in1k", 80.38, 25.56, 4.11, default=False),
-    Weight("efficientnet_b0", 1.0, "efficientnet_b0.ra_in1k", 77.70, 5.29, 0.40),
+    Weight("resnet50", 1.0, "resnet50.a1_in1k", 80.38, 25.56, 4.11, 1e-4, default=False),
+    Weight("efficientnet_b0", 1.0, "efficientnet_b0.ra_in1k", 77.70, 5.29, 0.40, 1e-5),
 )
+# Any other timm model: ReXNet's value, the decay of most mobile-network ImageNet recipes.
+FALLBACK_WEIGHT_DECAY = 1e-5
 
 BUILTIN = ("rexnet", "resnet50", "efficientnet_b0")
 REXNET_WIDTHS = tuple(w.width for w in WEIGHTS if w.model == "rexnet")
@@ -75,6 +82,21 @@ def published(model: str, width: float = 1.0, tag: str | None = None) -> Weight 
         if w.model == model and _same_width(w.width, width) and (w.tag == tag if tag else w.default):
             return w
     return None
+
+
+def finetune_defaults(model: str) -> dict:
+    """Settings a backbone brings to every recipe (below the recipe's own settings): its pinned
+    weight tag and the weight decay those ImageNet weights were trained with. Each backbone keeps
+    its own decay, so one recipe serves all three (a depthwise/SE net is over-regularised by
+    ResNet's 1e-4)."""
+    arch, _, tag = model.strip().lower().partition(".")
+    entry = next((w for w in WEIGHTS if w.default and (w.model == arch or w.timm_name == arch)), None)
+    if entry is None:
+        return {"weight_decay": FALLBACK_WEIGHT_DECAY}
+    defaults: dict = {"weight_decay": entry.weight_decay}
+    if not tag:  # the pinned tag, recorded in the run's config ("arch.tag" names keep their own)
+        defaults["weights"] = entry.tag.split(".", 1)[1]
+    return defaults
 
 
 def create_kwargs(model: str, width: float) -> dict:

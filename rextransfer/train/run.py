@@ -78,9 +78,11 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
         if not dataset:
             raise DataError("give a dataset name or folder, or --resume RUN_DIR")
         from ..config.recipes import resolve_run_config
+        from ..models.registry import finetune_defaults
 
         cfg = resolve_run_config(dataset, recipe=recipe or default_recipe_for(dataset), model_hint=None,
-                                 config_file=config_file, flags=flags, sets=sets or [], count_train=count_train)
+                                 config_file=config_file, flags=flags, sets=sets or [], count_train=count_train,
+                                 backbone_defaults=finetune_defaults)
         run = RunDir(Path(cfg.runs_dir) / dataset_label(cfg.dataset) / (name or RunDir.default_name(cfg.model, cfg.width)))
         given = _result_settings(cfg)
     status = run.status()

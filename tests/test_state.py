@@ -62,7 +62,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(data, tmp_path):
     assert proc.returncode == 130, stderr
     assert "resume with: rextransfer finetune --resume" in stderr
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
-    stopped_at = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"]
+    stopped_at = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["state"]["step"]
     assert 0 < stopped_at < 6 * 4
 
     resumed = subprocess.run(cli("finetune", "--resume", str(run_dir)), capture_output=True, text=True, timeout=600)
@@ -71,7 +71,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(data, tmp_path):
     ref_dir = Path(runs) / data.name / "ref"
     a = torch.load(ref_dir / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 24
+    assert a["state"]["step"] == b["state"]["step"] == 24
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
     for key, tensor in a["ema"].items():

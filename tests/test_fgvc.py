@@ -1,5 +1,5 @@
 """The four fine-grained datasets from their original releases: split sizes, class counts and class
-order as published (DESIGN.md section 3), parsed from trees with the real metadata files."""
+order as published by each dataset's own release (README / devkit / meta files), parsed from trees with the real metadata files."""
 
 from __future__ import annotations
 

@@ -25,8 +25,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess, code: int, patter
 
 
 def test_help_lists_commands_without_importing_torch():
-    probe = ("import sys; from rextransfer.cli import app; "
-             "heavy = [m for m in ('torch', 'timm', 'torchvision', 'datasets', 'numpy') if m in sys.modules]; "
+    probe = ("import sys; from rextransfer.cli.app import app; "
+             "heavy = [m for m in ('torch', 'timm', 'torchvision', 'datasets', 'numpy', 'matplotlib') if m in sys.modules]; "
              "print(heavy)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -4,13 +4,33 @@ anything that cannot is a one-line usage error naming the key and where it came 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import yaml
 
 from rextransfer.config import settings as config
-from rextransfer.config.settings import Config, apply, from_dict, parse_set, read_yaml, resolve, to_yaml
+from rextransfer.config import recipes
+from rextransfer.config.settings import Config, apply, from_dict, parse_set, read_yaml, to_yaml
 from rextransfer.core.errors import UsageError
+
+
+def resolve(recipe: dict | None = None, recipe_name: str = "default", config_file=None, flags=None, sets=None) -> Config:
+    """The one resolution (config/recipes.py) over a recipe holding `recipe` as its settings."""
+    folder = Path(tempfile.mkdtemp(prefix="recipes-"))
+    (folder / f"{recipe_name}.yaml").write_text(yaml.safe_dump({"description": "test recipe", "settings": recipe or {}}))
+    before = os.environ.get("REXTRANSFER_RECIPES")
+    os.environ["REXTRANSFER_RECIPES"] = str(folder)
+    try:
+        return recipes.resolve_run_config("demo", recipe=recipe_name, model_hint=None, config_file=config_file,
+                                          flags=flags or {}, sets=sets or [])
+    finally:
+        if before is None:
+            os.environ.pop("REXTRANSFER_RECIPES")
+        else:
+            os.environ["REXTRANSFER_RECIPES"] = before
 
 
 def coerce(key, value):
