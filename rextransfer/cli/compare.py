@@ -1,7 +1,7 @@
 """`rextransfer compare` (the paper's table from run folders; --run trains the missing cells) and
 `rextransfer bench` (backbone throughput on this machine). Parsing and reporting only: the work is
-in rextransfer/compare.py (the table), compare_render.py (its formats), grid.py (--run) and
-rextransfer/bench.py, imported inside the commands.
+in rextransfer/compare/: table.py (the table), render.py (its formats), grid.py (--run) and
+bench.py, imported inside the commands.
 """
 
 from __future__ import annotations

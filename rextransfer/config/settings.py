@@ -136,7 +136,8 @@ class Config:
         return self.batch_size // (world * self.grad_accum)
 
 
-FIELD_TYPES: dict[str, Any] = {f.name: typing.get_type_hints(Config)[f.name] for f in fields(Config)}
+_HINTS = typing.get_type_hints(Config)  # once: it compiles every annotation string
+FIELD_TYPES: dict[str, Any] = {f.name: _HINTS[f.name] for f in fields(Config)}
 
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
