@@ -1,11 +1,11 @@
-"""`rextransfer analyze`: the ReXNet paper's rank measures, and its three observations on our numbers.
+"""`rextransfer analyze layers|features`: the commands a user runs.
 
-The observation tests run the default `analyze layers` settings (fixed seeds). Where our numbers
-disagree with the paper, the test keeps the paper's claim as written and is marked
-xfail(strict=True) with the measured numbers as the reason: it documents the disagreement and
-fails loudly if the numbers ever change so that the claim holds.
+The layer study's numbers are specified in test_layers_rank.py, its verdict rules in
+test_observations.py and the paper's digitised figure in test_figure1.py; here the command prints
+and writes what those compute, side by side with the paper.
 """
 
+import csv
 import json
 import random
 import subprocess
@@ -17,154 +17,79 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from rextransfer.analyze import layers as analyze, features
+from rextransfer.analyze import features
+from rextransfer.analyze import layers as analyze
+from rextransfer.analyze.observations import verdicts
 from rextransfer.cli.app import app
-from rextransfer.core.errors import UsageError
 
 runner = CliRunner()
-NONLINEAR = ["relu", "relu6", "elu", "softplus", "hardswish", "silu"]
-SMOOTH = ["silu", "elu", "softplus", "hardswish"]  # the paper's "complicated" non-linearities
-LOW = [0.1, 0.2, 0.3]  # low dimension ratios
-
-
-@pytest.fixture(scope="module")
-def default_sweep():
-    """{layer: {activation: {ratio: rank ratio}}} of the default settings (~15 s on 2 cores)."""
-    return analyze.rank_table(analyze.layer_rank_sweep(analyze.LayerSettings()))
-
 
 # ------------------------------------------------------------------------------------------------
-# The measure itself
+# analyze layers
 # ------------------------------------------------------------------------------------------------
-def test_numerical_rank_matches_torch_matrix_rank():
-    g = torch.Generator().manual_seed(0)
-    for true_rank in (1, 5, 17):
-        m = torch.randn(200, true_rank, generator=g, dtype=torch.float64) @ torch.randn(true_rank, 40, generator=g, dtype=torch.float64)
-        s = torch.linalg.svdvals(m)
-        assert analyze.numerical_rank(s, 1e-4) == true_rank == int(torch.linalg.matrix_rank(m, rtol=1e-4))
+QUICK = ["--blocks", "conv1x1,ib_dw", "--activations", "linear,relu,silu", "--ratios", "0.1,0.5,1",
+         "--networks", "4", "--d-out-min", "10", "--d-out-max", "16", "--samples", "32"]
+QUICK_SETTINGS = dict(blocks=["conv1x1", "ib_dw"], activations=["linear", "relu", "silu"], ratios=[0.1, 0.5, 1.0],
+                      networks=4, d_out_min=10, d_out_max=16, samples=32)
 
 
-def test_linear_layer_rank_is_its_input_width(default_sweep):
-    """Without a non-linearity a 1x1 convolution cannot exceed rank d_in: the rank ratio equals
-    round(ratio * 64) / 64 exactly (BN subtracts a mean that lies in the same column space)."""
-    for ratio, value in default_sweep["conv1x1"]["none"].items():
-        assert value == round(ratio * 64) / 64
-
-
-def test_inverted_bottleneck_rank_is_bounded_by_its_expansion(default_sweep):
-    """The block's output is a projection of 6*d_in channels plus the d_in-channel shortcut."""
-    for act, values in default_sweep["ib_dw"].items():
-        for ratio, value in values.items():
-            assert value <= min(1.0, 7 * round(ratio * 64) / 64)
-
-
-# ------------------------------------------------------------------------------------------------
-# The paper's observations (Sec. 3.2), on the default settings
-# ------------------------------------------------------------------------------------------------
-def _flat(layer):
-    return pytest.mark.xfail(strict=True, reason=(
-        f"measured: in the {layer} every non-linear curve is 1.000 (full rank) already at ratio 0.1, "
-        "so it cannot grow; only the linear curve grows (1x1: 0.094 -> 1.000, 3x3: 0.844 -> 1.000). "
-        "With rtol=1e-4 the smallest singular values of act(BN(WX)) stay above 1e-4 * s_max."))
-
-
-@pytest.mark.parametrize("layer", [
-    pytest.param("conv1x1", marks=_flat("1x1 conv")),
-    pytest.param("conv3x3", marks=_flat("3x3 conv")),
-    "ib",
-    "ib_dw",
-])
-def test_observation1_rank_ratio_grows_with_dimension_ratio(default_sweep, layer):
-    """'Drastic channel expansion harms the rank': every curve is non-decreasing in the dimension
-    ratio and is lower at the smallest ratio than at ratio 1."""
-    for act, values in default_sweep[layer].items():
-        ys = list(values.values())
-        assert all(b >= a - 1e-9 for a, b in zip(ys, ys[1:])), (act, ys)
-        assert ys[0] < ys[-1], (act, ys)
-
-
-def _equal(layer):
-    return pytest.mark.xfail(strict=True, reason=(
-        f"measured: in the {layer} every activation gives the same rank ratio as none at every ratio "
-        "(0.656 at 0.1, 1.000 from 0.2): the block's rank is capped by its 6x expansion + shortcut "
-        "(42/64 at d_in=6), and the 3x3 convolution already mixes neighbouring positions linearly."))
-
-
-@pytest.mark.parametrize("layer", [
-    "conv1x1",
-    "conv3x3",
-    pytest.param("ib", marks=_equal("inverted bottleneck (3x3 conv)")),
-    pytest.param("ib_dw", marks=_equal("inverted bottleneck (3x3 depthwise)")),
-])
-def test_observation2_nonlinearities_expand_rank(default_sweep, layer):
-    """Every non-linearity gives at least the linear layer's rank ratio at each dimension ratio, and
-    a higher one on average over the sweep."""
-    none = default_sweep[layer]["none"]
-    for act in NONLINEAR:
-        values = default_sweep[layer][act]
-        assert all(values[r] >= none[r] for r in none), act
-        assert sum(values.values()) > sum(none.values()), act
-
-
-@pytest.mark.parametrize("layer", ["conv1x1", "conv3x3", "ib", "ib_dw"])
-def test_observation2_smooth_nonlinearities_at_least_relu_at_low_ratios(default_sweep, layer):
-    """SiLU, ELU, SoftPlus and Hard-Swish reach at least ReLU's rank ratio at low dimension ratios.
-    (On the default settings this holds with equality: every activation gives the same numbers.)"""
-    relu = default_sweep[layer]["relu"]
-    for act in SMOOTH:
-        for r in LOW:
-            assert default_sweep[layer][act][r] >= relu[r], (act, r)
-
-
-def _gain(sweep, layer):
-    """Mean rank-ratio gain of the non-linearities over the linear layer, across the sweep."""
-    none = sweep[layer]["none"]
-    diffs = [sweep[layer][a][r] - none[r] for a in NONLINEAR for r in none]
-    return sum(diffs) / len(diffs)
-
-
-@pytest.mark.parametrize("conv", ["conv1x1", "conv3x3"])
-def test_observation3_nonlinearities_matter_more_for_convolutions(default_sweep, conv):
-    """'Nonlinearities are critical for convolutions': the gain from a non-linearity is larger for a
-    plain convolution than for either inverted bottleneck."""
-    assert _gain(default_sweep, conv) > max(_gain(default_sweep, "ib"), _gain(default_sweep, "ib_dw"))
-
-
-# ------------------------------------------------------------------------------------------------
-# analyze layers: the command
-# ------------------------------------------------------------------------------------------------
-QUICK = ["--layers", "conv1x1,ib_dw", "--activations", "none,relu,silu", "--ratios", "0.25,0.5,1",
-         "--out-width", "16", "--samples", "4", "--size", "4", "--seeds", "2"]
-
-
-def test_layers_command_writes_table_csv_png_and_settings(tmp_path):
+def test_layers_prints_ours_beside_the_paper_and_a_verdict_per_observation(tmp_path):
     out = tmp_path / "layers"
     result = runner.invoke(app, ["analyze", "layers", *QUICK, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "rank ratio" in result.output and "SiLU" in result.output
-    lines = (out / "layers.csv").read_text().splitlines()
-    assert lines[0].startswith("layer,activation,ratio,d_in,d_out,rank_ratio")
-    assert len(lines) == 1 + 2 * 3 * 3
-    # The files hold what the library computes for the same settings.
+    text = result.stdout
+    expected = analyze.layer_rank_sweep(analyze.LayerSettings(**QUICK_SETTINGS))
+    ours = analyze.rank_table(expected, "torch")
+
+    # Settings: each unstated one is marked as such, on screen and in settings.json.
+    for name in ("input", "init", "bn_order", "bn_mode", "rank_rule", "d_out_min", "samples"):
+        line = next(l for l in text.splitlines() if l.strip().startswith(f"* {name} "))
+        assert "not stated by the paper" in line, line
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["out_width"] == 16 and settings["seeds"] == 2 and settings["rtol"] == 1e-4
-    expected = analyze.layer_rank_sweep(analyze.LayerSettings(
-        out_width=16, ratios=[0.25, 0.5, 1.0], samples=4, size=4, seeds=2,
-        layers=["conv1x1", "ib_dw"], activations=["none", "relu", "silu"]))
-    row = lines[1].split(",")
-    assert row[:3] == ["conv1x1", "none", "0.25"] and float(row[5]) == pytest.approx(expected[0]["rank_ratio"])
+    assert settings["networks"] == 4 and settings["rank_rule"] == "torch" and settings["threads"] == 1
+    assert settings["sources"]["bn_order"].startswith("not stated by the paper")
+    assert settings["sources"]["networks"].startswith("stated by the paper")
+    assert settings["paper_figure"]["figure"] == "Figure 1" and settings["wall_time_s"] > 0
+
+    # Side by side: ours / paper / difference, the paper's ReLU in the 1x1 conv at 0.1 being 0.85.
+    relu = ours["conv1x1"]["relu"][0.1]
+    assert f"{relu:.3f} / 0.850 / {relu - 0.85:+.3f}" in text
+    with open(out / "comparison.csv") as f:
+        rows = {(r["block"], r["activation"], r["ratio"]): r for r in csv.DictReader(f)}
+    assert float(rows[("conv1x1", "relu", "0.1")]["diff"]) == pytest.approx(relu - 0.85, abs=1e-4)
+    assert {b for b, _, _ in rows} == {"conv1x1", "ib_dw"}
+
+    # The curves file holds every point under every rank rule.
+    with open(out / "layers.csv") as f:
+        curves = list(csv.DictReader(f))
+    assert len(curves) == 2 * 3 * 3
+    assert {k for k in curves[0] if k.startswith("rank_ratio@")} == {"rank_ratio@torch", "rank_ratio@0.0001",
+                                                                      "rank_ratio@0.001", "rank_ratio@0.01"}
+    assert float(curves[0]["rank_ratio@torch"]) == pytest.approx(expected[0]["rank_ratio"]["torch"], abs=1e-4)
+
+    # Verdicts: printed with their numbers, worded "under these settings", and the ones computed.
+    computed = {v["id"]: v for v in verdicts(ours)}
+    for oid, v in computed.items():
+        line = next(l for l in text.splitlines() if l.strip().startswith(f"Observation {oid} "))
+        assert f"{v['status'].upper()} under these settings" in line and v["evidence"] in line
+    saved = json.loads((out / "verdicts.json").read_text())
+    assert [v["status"] for v in saved["under_these_settings"]] == [computed[o]["status"] for o in ("1", "2a", "2b", "3")]
+    assert set(saved["by_rank_rule"]) == {"torch", "0.0001", "0.001", "0.01"}
+
     with Image.open(out / "layers.png") as im:
         im.verify()
-    assert Image.open(out / "layers.png").size == (2 * 420, 30 + 320)
 
 
 @pytest.mark.parametrize("args, message", [
     (["--ratios", "a,b"], "--ratios"),
     (["--ratios", "0,0.5"], "--ratios"),
     (["--activations", "relu,gelu"], "gelu"),
-    (["--layers", "conv5x5"], "conv5x5"),
-    (["--samples", "1", "--size", "2"], "rows"),
-    (["--rtol", "2"], "--rtol"),
+    (["--blocks", "conv5x5"], "conv5x5"),
+    (["--samples", "10"], "--samples"),
+    (["--rank-rule", "2"], "--rank-rule"),
+    (["--bn-mode", "frozen"], "--bn-mode"),
+    (["--init", "xavier"], "--init"),
+    (["--sweep", "--sweep-networks", "0"], "--sweep-networks"),
 ])
 def test_layers_bad_options_are_one_line_usage_errors(tmp_path, args, message):
     result = runner.invoke(app, ["analyze", "layers", *args, "--out", str(tmp_path)])
@@ -179,6 +104,22 @@ def test_bad_option_through_the_entry_point_is_one_line():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: --ratios expects") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_layers_sweep_reports_where_each_observation_holds(tmp_path):
+    result = runner.invoke(app, ["analyze", "layers", "--sweep", "--sweep-networks", "1", "--blocks", "conv1x1,ib",
+                                 "--activations", "linear,relu,silu", "--d-out-min", "6", "--d-out-max", "8",
+                                 "--samples", "12", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 72 * 4  # grid points x rank rules
+    for oid in ("1", "2a", "2b", "3"):
+        holds = sum(r[f"obs{oid}"] == "holds" for r in rows)
+        assert f"Observation {oid} (" in result.stdout
+        assert f"holds under {holds} of 288 settings" in result.stdout
+    summary = json.loads((tmp_path / "sweep.json").read_text())["summary"]
+    assert [s["holds"] for s in summary] == [sum(r[f"obs{o}"] == "holds" for r in rows) for o in ("1", "2a", "2b", "3")]
 
 
 # ------------------------------------------------------------------------------------------------
