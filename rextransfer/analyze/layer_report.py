@@ -88,7 +88,7 @@ def plot_side_by_side(path, ours: dict, title: str) -> Path:
                 Line2D([], [], color="0.3", ls="--", marker="x", label=f"paper Fig. 1 (read off, ±{err:g})")]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), frameon=False, fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.1 if nrows > 1 else 0.16, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.07 if nrows > 1 else 0.14, 1, 0.95))
     write_with(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
     return Path(path)
 

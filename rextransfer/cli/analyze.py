@@ -37,7 +37,7 @@ def layers(
     ratios: Annotated[str, typer.Option(help="Dimension ratios d_in/d_out, comma-separated, in (0, 1].", rich_help_panel=PROTOCOL)] = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0",
     blocks: Annotated[str, typer.Option("--blocks", "--layers", help="Blocks: conv1x1, conv3x3, ib (IB with a 3x3 conv), ib_dw (IB with a 3x3 depthwise).", rich_help_panel=PROTOCOL)] = "conv1x1,conv3x3,ib,ib_dw",
     activations: Annotated[str, typer.Option(help="Activations: linear, relu6, relu, leakyrelu, elu, softplus, hardswish, silu.", rich_help_panel=PROTOCOL)] = "linear,relu6,relu,leakyrelu,elu,softplus,hardswish,silu",
-    d_out_min: Annotated[int, typer.Option(help="d_out is drawn per network from [min, max].", rich_help_panel=UNSTATED)] = 16,
+    d_out_min: Annotated[int, typer.Option(help="d_out is drawn uniformly per network between --d-out-min and --d-out-max.", rich_help_panel=UNSTATED)] = 16,
     d_out_max: Annotated[int, typer.Option(help="See --d-out-min.", rich_help_panel=UNSTATED)] = 64,
     samples: Annotated[int, typer.Option(help="N, the columns of X (must exceed --d-out-max).", rich_help_panel=UNSTATED)] = 256,
     input_dist: Annotated[str, typer.Option("--input", help="Distribution of X's entries: normal | uniform (unit variance).", rich_help_panel=UNSTATED)] = "normal",
@@ -129,7 +129,7 @@ def _side_by_side_tables(analyze, figure1, ours: dict, settings) -> list:
                 elif theirs is None:
                     cells.append(f"{mine:.3f} /   —   /   —")
                 else:
-                    d = mine - theirs
+                    d = round(mine - theirs, 3) + 0.0  # + 0.0: no "-0.000"
                     cells.append(f"{mine:.3f} / {theirs:.3f} / {d:+.3f}{'*' if abs(d) > err + 1e-12 else ''}")
             table.add_row(analyze.ACTIVATIONS[act][0], *cells)
         tables.append(table)

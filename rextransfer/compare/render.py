@@ -73,7 +73,9 @@ def views(comp: Comparison) -> list[View]:
         f"Fine-grained transfer, headline metric (%): ours (mean ± sample std over seeds) vs {primary['label']}",
         head + ["train img/s", "eval img/s"], [],
         [f"paper: {src['title']} ({src['venue']}), {src['table']}; metric: {primary['metric']}",
-         "Δ = ours − paper (percentage points); params/GMACs: ImageNet model at 224 px where known"] + bench_note)
+         "Δ = ours − paper (percentage points); params/GMACs: ImageNet model at 224 px where known"]
+        + ([f"{primary['baselines']}; ours start from the pinned public weights instead (`rextransfer models`)"]
+           if primary.get("baselines") else []) + bench_note)
     for r in comp.rows:
         line = [r.label, fmt(r.params_m), fmt(r.gmacs)]
         for ds in comp.datasets:
