@@ -12,6 +12,16 @@ from rextransfer.analyze import layers as L
 from rextransfer.core.errors import UsageError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small matrices, like the library's own sweep: on shared cores, 2 threads made single SVDs
+    take seconds instead of milliseconds (the threads wait for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _outputs(kind, ratio, d_out, settings, count=4, seed=0):
     """Block outputs of `count` networks of one size, for every activation."""
     g = torch.Generator().manual_seed(seed)

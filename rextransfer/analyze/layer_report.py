@@ -48,15 +48,12 @@ def comparison_csv(side: list[dict]) -> str:
 
 def plot_side_by_side(path, ours: dict, title: str) -> Path:
     """2x2 panels (one per block): our curves solid, the paper's dashed with +-reading-error bars."""
-    from ..core.errors import EnvironmentProblem
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
     from ..core.files import write_with
 
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.lines import Line2D
-    except ImportError:
-        raise EnvironmentProblem("the layers plot needs matplotlib: pip install matplotlib") from None
     paper, err = figure1.paper_table(), figure1.reading_error()
     blocks = list(ours)
     ncols = 2 if len(blocks) > 1 else 1
