@@ -232,3 +232,24 @@ def test_no_room_for_the_cache_is_an_environment_problem(samples, cache_dir, mon
     with pytest.raises(EnvironmentProblem, match="needs at least .* GiB .* --no-cache"):
         make().prepare(samples)
     assert cache_dirs(cache_dir) == []
+
+
+def test_building_in_threads_leaves_the_trainers_torch_threads_alone(samples):
+    """The loader threads run torch single-threaded; a fresh process that builds a cache before
+    its first computation (as a run does) still computes with all its threads afterwards."""
+    script = (
+        "import sys, threading, torch\n"
+        "from torchvision.transforms import InterpolationMode\n"
+        "from rextransfer.data.base import FileSamples\n"
+        "from rextransfer.data.cache import Spec, open_or_build\n"
+        "paths = sys.argv[1:]\n"
+        "open_or_build(FileSamples(paths, [0] * len(paths), ['c'], 'train'), Spec(36, InterpolationMode.BICUBIC, True),"
+        " workers=2, progress=False)\n"
+        "later = []\n"
+        "t = threading.Thread(target=lambda: later.append(torch.get_num_threads())); t.start(); t.join()\n"
+        "print(torch.get_num_threads(), later[0])\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", script, *map(str, samples.paths)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "2"]

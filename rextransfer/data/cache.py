@@ -150,22 +150,28 @@ def threaded(fn: Callable, jobs: Iterable, workers: int) -> Iterator:
     if workers == 0:
         yield from map(fn, jobs)
         return
-    # Each thread is one unit of parallelism: torch ops inside it run single-threaded (the OpenMP
-    # setting is per thread; the caller keeps its own), or 2 threads x 2 OpenMP threads
-    # oversubscribe the cores (measured ~20% fewer img/s on 2 cores).
-    with ThreadPoolExecutor(workers, thread_name_prefix="rextransfer-data",
-                            initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        pending: deque = deque()
-        try:
-            for job in jobs:
-                pending.append(pool.submit(fn, job))
-                if len(pending) > 2 * workers:
+    # Each thread is one unit of parallelism: torch ops inside it run single-threaded, or 2 threads
+    # x 2 OpenMP threads oversubscribe the cores (measured ~20% fewer img/s on 2 cores). The
+    # OpenMP setting is per thread, but torch.set_num_threads also sets the default that a thread
+    # takes at its first parallel op: the caller (the trainer) fixes its own first and gets the
+    # default back at the end, or a trainer that had not computed yet would train on one core.
+    caller_threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="rextransfer-data",
+                                initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            pending: deque = deque()
+            try:
+                for job in jobs:
+                    pending.append(pool.submit(fn, job))
+                    if len(pending) > 2 * workers:
+                        yield pending.popleft().result()
+                while pending:
                     yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:  # the consumer stopped early (end of training, Ctrl-C, an error): drop the queue
-            for future in pending:
-                future.cancel()
+            finally:  # the consumer stopped early (end of training, Ctrl-C, an error): drop the queue
+                for future in pending:
+                    future.cancel()
+    finally:
+        torch.set_num_threads(caller_threads)
 
 
 def cache_key(samples: SampleSet, spec: Spec) -> str:
