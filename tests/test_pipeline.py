@@ -1,4 +1,6 @@
-"""The trainer's data interface: identical eval inputs on both paths, exact determinism, the cache."""
+"""The trainer's data interface: identical eval inputs on both paths, exact determinism, training
+crops over the whole image (torchvision's RandomResizedCrop distribution) on both paths, and the
+batched GPU placement of the finishing step (run here on CPU tensors)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rextransfer.data.augment import sample_crops
+from rextransfer.data.augment import Finisher, sample_crops, step_draws
 from rextransfer.config.settings import Config
 from rextransfer.data.base import FileSamples
 from rextransfer.core.errors import DataError, EnvironmentProblem
@@ -186,60 +188,6 @@ def test_a_dataset_smaller_than_a_batch_still_fills_it(samples):
     assert x.shape[0] == 8 and set(y.tolist()) == set(range(5))
 
 
-def test_random_resized_crop_boxes_stay_inside_and_in_range():
-    g = torch.Generator().manual_seed(0)
-    sizes = [(int(h), int(w)) for h, w in np.random.default_rng(0).integers(1, 400, (500, 2))] + [(10, 200), (200, 10)]
-    for (H, W), (top, left, h, w) in zip(sizes, sample_crops(sizes, g, (0.08, 1.0))):
-        assert 0 <= top and 0 <= left and 1 <= h and 1 <= w and top + h <= H and left + w <= W
-    boxes = sample_crops([(256, 256)] * 2000, g, (0.08, 1.0))
-    area = np.array([h * w for _, _, h, w in boxes]) / 256**2
-    aspect = np.array([w / h for _, _, h, w in boxes])
-    assert area.min() >= 0.075 and area.max() <= 1.0 and 0.3 < area.mean() < 0.7
-    assert aspect.min() >= 0.74 and aspect.max() <= 1.36
-
-
-# -- the cache --------------------------------------------------------------------------------------
-def cache_dirs(root: Path) -> list[str]:
-    return sorted(p.name for p in (root / "pixels").iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def test_cache_is_reused_and_rebuilt_when_data_or_preprocessing_changes(samples, cache_dir):
-    CountingSamples.loads = 0
-    make(True).prepare(samples)
-    assert CountingSamples.loads == 24 and len(cache_dirs(cache_dir)) == 1
-    first = cache_dirs(cache_dir)[0]
-    meta = json.loads((cache_dir / "pixels" / first / "meta.json").read_text())
-    assert meta["size"] == 36 and meta["n"] == 24
-
-    # another run, same data and preprocessing: nothing decoded
-    make(True).prepare(CountingSamples(samples.paths, samples.labels, samples.classes, "train"))
-    assert CountingSamples.loads == 24 and cache_dirs(cache_dir) == [first]
-
-    # preprocessing changed: resize size S, interpolation -> a new cache each (old ones kept)
-    make(True, crop_pct=0.8).prepare(samples)
-    make(True, data_config={"interpolation": "bilinear"}).prepare(samples)
-    assert CountingSamples.loads == 72 and len(cache_dirs(cache_dir)) == 3
-
-    # a file changed (size/mtime): rebuilt, the new pixels are used, the superseded cache is deleted
-    Image.new("RGB", (50, 40), (255, 0, 0)).save(samples.paths[0])
-    os.utime(samples.paths[0], ns=(1, 1))
-    changed = CountingSamples(samples.paths, samples.labels, samples.classes, "train")
-    x, _ = next(iter(make(True).eval_batches(changed)))
-    assert CountingSamples.loads == 96 and len(cache_dirs(cache_dir)) == 3 and first not in cache_dirs(cache_dir)
-    red = (torch.tensor([1.0, 0, 0]) - torch.tensor(DATA_CONFIG["mean"])) / torch.tensor(DATA_CONFIG["std"])
-    assert torch.allclose(x[0, :, 16, 16], red, atol=0.1)
-
-
-def test_concurrent_builds_decode_once(samples, cache_dir):
-    CountingSamples.loads = 0
-    threads = [threading.Thread(target=make(True).prepare, args=(samples,)) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert CountingSamples.loads == 24 and len(cache_dirs(cache_dir)) == 1
-
-
 @pytest.mark.parametrize("cache", [False, True])
 def test_a_file_broken_after_the_scan_is_a_one_line_data_error(samples, cache, cache_dir):
     samples.paths[5].write_bytes(samples.paths[5].read_bytes()[:200])
@@ -247,48 +195,209 @@ def test_a_file_broken_after_the_scan_is_a_one_line_data_error(samples, cache, c
         list(make(cache).eval_batches(samples))
     assert "\n" not in str(info.value)
     if cache:  # nothing half-written is left to be used later
-        assert cache_dirs(cache_dir) == []
+        assert not [p for p in (cache_dir / "pixels").iterdir() if p.is_dir()]
 
 
-def test_no_room_for_the_cache_is_an_environment_problem(samples, cache_dir, monkeypatch):
-    import shutil
+# -- training crops: RandomResizedCrop over the whole image ------------------------------------------
+def scalar_get_params(H: int, W: int, u: np.ndarray, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision.transforms.RandomResizedCrop.get_params, statement by statement, with its
+    global-RNG draws replaced by the given uniforms (area, log-aspect, top, left per try)."""
+    import math
 
-    from rextransfer.data import cache as cache_module
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for t in range(10):
+        target_area = H * W * (scale[0] + (scale[1] - scale[0]) * u[t, 0])
+        aspect_ratio = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[t, 1])
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= W and 0 < h <= H:
+            return int(u[t, 2] * (H - h + 1)), int(u[t, 3] * (W - w + 1)), h, w
+    in_ratio = W / H
+    if in_ratio < min(ratio):
+        w, h = W, int(round(W / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = H, int(round(H * max(ratio)))
+    else:
+        w, h = W, H
+    return (H - h) // 2, (W - w) // 2, h, w
 
-    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(EnvironmentProblem, match="needs .* GiB .* --no-cache"):
-        make(True).prepare(samples)
-    assert cache_dirs(cache_dir) == []
+
+def test_crop_boxes_follow_torchvisions_rule_exactly():
+    rng = np.random.default_rng(0)
+    sizes = [(int(h), int(w)) for h, w in rng.integers(1, 400, (2000, 2))] + [(10, 200), (200, 10), (1, 1), (256, 768)]
+    u, _ = step_draws(0, 0, 0, len(sizes), True)
+    boxes = sample_crops(sizes, u, (0.08, 1.0))
+    assert boxes == [scalar_get_params(H, W, u[k].numpy()) for k, (H, W) in enumerate(sizes)]
+    for (H, W), (top, left, h, w) in zip(sizes, boxes):
+        assert 0 <= top and 0 <= left and 1 <= h and 1 <= w and top + h <= H and left + w <= W
 
 
-def test_gpu_style_batch_finishing_matches_per_image_finishing(samples):
-    """Finisher.batch (GPU placement: gather mirrored rows, crop the batch) and Finisher.samples
-    (CPU placement: crop each row from the memmap) agree, so CPU and GPU runs augment alike."""
-    from rextransfer.data.augment import CENTER, center_box
+def _within_sampling_error(a: np.ndarray, b: np.ndarray, sigmas: float = 4.5) -> bool:
+    """Two Bernoulli/bin shares from independent samples of sizes len(a), len(b) agree."""
+    p = (a.sum() + b.sum()) / (len(a) + len(b))
+    return abs(a.mean() - b.mean()) <= sigmas * np.sqrt(p * (1 - p) * (1 / len(a) + 1 / len(b))) + 1e-9
+
+
+def test_training_crop_boxes_have_torchvisions_distribution_over_the_whole_image():
+    """On a 3:1 photo, the boxes the cached path draws on its copy (shorter side 256) and those
+    torchvision's RandomResizedCrop draws on the original (1536 x 512) agree: the share touching
+    the outer sixths, the area and aspect histograms -- the centre-square restriction is gone."""
+    from torchvision.transforms import RandomResizedCrop
+
+    n = 6000
+    torch.manual_seed(0)
+    original = torch.empty(3, 512, 1536)
+    theirs = np.array([RandomResizedCrop.get_params(original, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)], float)
+    theirs /= [512, 1536, 512, 1536]                  # relative to the image: top, left, h, w
+    u = torch.cat([step_draws(5, 0, s, 600, True).u for s in range(n // 600)])
+    ours = np.array(sample_crops([(256, 768)] * n, u, (0.08, 1.0)), float) / [256, 768, 256, 768]
+
+    def outer(b):  # touches the left or the right sixth
+        return (b[:, 1] < 1 / 6) | (b[:, 1] + b[:, 3] > 5 / 6)
+
+    assert 0.25 < outer(ours).mean() < 0.6            # ~40%: the ends of the photo are seen
+    assert _within_sampling_error(outer(ours), outer(theirs))
+    for left_part in (outer(ours) & (ours[:, 1] < 1 / 6), outer(theirs) & (theirs[:, 1] < 1 / 6)):
+        assert left_part.mean() > 0.1                 # both ends, not one
+    area = lambda b: b[:, 2] * b[:, 3]  # noqa: E731
+    aspect = lambda b: np.log(b[:, 3] * 3 / b[:, 2])  # noqa: E731  (w/h in pixels; the image is 3:1)
+    for measure, edges in ((area, np.linspace(0, 0.45, 10)), (aspect, np.linspace(np.log(3 / 4), np.log(4 / 3), 9))):
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            assert _within_sampling_error((measure(ours) >= lo) & (measure(ours) < hi),
+                                          (measure(theirs) >= lo) & (measure(theirs) < hi)), (measure, lo)
+
+
+@pytest.fixture
+def wide_photo(tmp_path):
+    """A 3:1 photo: red left sixth, blue right sixth, grey middle (432 x 144)."""
+    arr = np.full((144, 432, 3), 128, np.uint8)
+    arr[:, :72] = (230, 20, 20)
+    arr[:, -72:] = (20, 20, 230)
+    path = tmp_path / "wide" / "wide.png"
+    path.parent.mkdir()
+    Image.fromarray(arr).save(path)
+    return FileSamples([path], [0], ["wide"], "train")
+
+
+def _touch_shares(crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per crop (uint8-scale float [N, 3, h, w]): does it show red / blue pixels?"""
+    r, b = crops[:, 0], crops[:, 2]
+    return ((r - b) > 80).flatten(1).any(1).numpy(), ((b - r) > 80).flatten(1).any(1).numpy()
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_training_crops_see_the_ends_of_a_wide_photo_as_torchvision_does(wide_photo, cache):
+    """End to end, in pixels: the crops the trainer gets show the photo's red and blue ends as
+    often as torchvision's RandomResizedCrop on the original photo shows them."""
+    from torchvision import transforms as T
+
+    pipe = make(cache, batch_size=64, img_size=16, hflip=False)
+    mean, std = torch.tensor(DATA_CONFIG["mean"]).view(1, 3, 1, 1), torch.tensor(DATA_CONFIG["std"]).view(1, 3, 1, 1)
+    ours = torch.cat([x for e in range(16) for x, _ in pipe.train_batches(wide_photo, e)]) * std * 255 + mean * 255
+    torch.manual_seed(0)
+    rrc, img = T.Compose([T.RandomResizedCrop(16), T.PILToTensor()]), wide_photo.load(0)
+    theirs = torch.stack([rrc(img) for _ in range(len(ours))]).float()
+    (our_red, our_blue), (their_red, their_blue) = _touch_shares(ours), _touch_shares(theirs)
+    assert our_red.mean() > 0.12 and our_blue.mean() > 0.12
+    assert _within_sampling_error(our_red, their_red) and _within_sampling_error(our_blue, their_blue)
+
+
+def smooth_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """Smooth (gradient) photos of varied size: crops of the same region look alike at any scale."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        h, w = int(rng.integers(60, 140)), int(rng.integers(60, 140))
+        y, x = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+        c = rng.random((3, 3))
+        arr = np.clip(c[:, 0, None, None] * x + c[:, 1, None, None] * y + 0.2 * c[:, 2, None, None] * np.sin(6 * x * y), 0, 1)
+        paths.append(folder / f"smooth_{i:02d}.png")
+        Image.fromarray((255 * arr.transpose(1, 2, 0)).astype(np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_both_paths_crop_the_same_region_of_each_sample(tmp_path):
+    """A sample's crop and flip come from the same random numbers with or without the cache, so
+    the cached path trains on (a resampled copy of) what --no-cache trains on."""
+    paths = smooth_images(tmp_path / "smooth", 16)
+    smooth = FileSamples(paths, list(range(16)), [str(i) for i in range(16)], "train")
+    standard, cached = (torch.cat([x for x, _ in make(c).train_batches(smooth, 1)]) for c in (False, True))
+    other_epoch = torch.cat([x for x, _ in make(True).train_batches(smooth, 2)])
+    grey = 255 * min(DATA_CONFIG["std"])
+    same = ((standard - cached).abs() * grey).flatten(1).mean(1)
+    different = ((standard - other_epoch).abs() * grey).flatten(1).mean(1)
+    assert same.mean() < 3 and same.max() < 15        # grey levels
+    assert different.min() > 20
+
+
+# -- the GPU placement, run on CPU tensors -----------------------------------------------------------
+def whole_rows(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """Cache-like rows: shorter side `size`, landscape and portrait, textured."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(n):
+        long = int(rng.integers(size, 3 * size))
+        h, w = (size, long) if k % 2 else (long, size)
+        base = np.linspace(0, 255, w)[None, :, None] * rng.random((1, 1, 3)) + np.linspace(0, 200, h)[:, None, None] * rng.random((1, 1, 3))
+        rows.append(np.clip(base * 0.5 + rng.integers(0, 120, (h, w, 3)), 0, 255).astype(np.uint8))
+    return rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_batched_crops_match_the_per_image_path(dtype):
+    """Finisher.crops (GPU placement: one gather and two batched matmuls for the whole batch) and
+    Finisher.samples (CPU placement: torch's uint8 kernel image by image) agree to one grey level,
+    for landscape and portrait images, flipped or not -- float16 is what CUDA uses."""
+    finisher = Finisher(32, DATA_CONFIG["mean"], DATA_CONFIG["std"], False, torch.device("cpu"))
+    rows = whole_rows(16, 36)
+    u, flips = step_draws(0, 0, 0, 16, True)
+    assert 0 < sum(flips) < 16
+    boxes = sample_crops([r.shape[:2] for r in rows], u, (0.08, 1.0))
+    per_image = finisher.samples(rows, boxes, flips)
+    pixels = torch.from_numpy(np.concatenate([r.reshape(-1, 3) for r in rows]))
+    first = np.cumsum([0] + [r.shape[0] * r.shape[1] for r in rows])[:-1]
+    meta = torch.tensor([[f, *r.shape[:2]] for f, r in zip(first, rows)])
+    batched = finisher.crops(pixels, meta, torch.tensor(boxes), torch.tensor(flips), dtype=dtype)
+    grey = (per_image - batched).abs() * 255 * torch.tensor(DATA_CONFIG["std"]).view(1, 3, 1, 1)
+    assert batched.shape == per_image.shape and grey.max() <= 1.01 and grey.mean() < 0.3
+    mirrored = finisher.crops(pixels, meta, torch.tensor(boxes), ~torch.tensor(flips), dtype=dtype)
+    assert torch.allclose(mirrored, batched.flip(3), atol=1.01 / 255 / min(DATA_CONFIG["std"]))
+
+
+def test_gpu_style_loading_gives_the_cpu_style_batches(samples):
+    """The whole GPU route -- rows packed into one buffer, the device step, batched crops; eval
+    squares gathered and center-cropped -- run on CPU tensors gives the CPU route's batches."""
+    from rextransfer.data.pipeline import _CacheBatches, _CacheJob
 
     pipe = make(True)
-    cache = pipe._cache(samples)
+    train_cache, eval_cache = pipe._cache(samples, whole=True), pipe._cache(samples, whole=False)
     rows = np.arange(8)
-    crops = sample_crops([(cache.size, cache.size)] * 8, torch.Generator().manual_seed(0), (0.08, 1.0))
-    flips = [k % 2 == 0 for k in range(8)]
-    per_image = pipe.finisher.samples([cache.row(r) for r in rows], crops, flips)
-    batched = pipe.finisher.batch(cache.gather(rows, flips), crops)
-    assert (per_image - batched).abs().max() <= 1.01 / 255 / min(DATA_CONFIG["std"])  # at most 1 grey level
-    center = [center_box(cache.size, cache.size, 32)] * 8
-    assert torch.equal(pipe.finisher.samples([cache.row(r) for r in rows], center, [False] * 8),
-                       pipe.finisher.batch(cache.gather(rows, [False] * 8), CENTER))
+    u, flips = step_draws(0, 0, 0, 8, True)
+    boxes = sample_crops([train_cache.sizes[r] for r in rows], u, pipe.scale)
+    for cache, job, tolerance in ((train_cache, _CacheJob(rows, boxes, flips), 1.01), (eval_cache, _CacheJob(rows, None, [False] * 8), 0)):
+        cpu_x, cpu_y = pipe._stage(_CacheBatches(cache, 32, pipe.finisher, pin=False)(job))
+        loaded = _CacheBatches(cache, 32, None, pin=False)(job)
+        assert loaded.finish == ("crops" if job.boxes else "center")
+        gpu_x, gpu_y = pipe._stage(loaded)
+        assert torch.equal(cpu_y, gpu_y)
+        assert ((cpu_x - gpu_x).abs() * 255 * min(DATA_CONFIG["std"])).max() <= tolerance + 1e-4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_both_paths_agree_and_batches_are_deterministic(samples):
-    def on_cuda(cache):
-        return Pipeline(Config(img_size=32, batch_size=8, workers=2, cache=cache, seed=3), DATA_CONFIG,
-                        torch.device("cuda"))
+    def on(device, cache):
+        return Pipeline(Config(img_size=32, batch_size=8, workers=2, cache=cache, seed=3), DATA_CONFIG, torch.device(device))
 
-    standard, cached = on_cuda(False), on_cuda(True)
+    standard, cached = on("cuda", False), on("cuda", True)
     for (xs, ys), (xc, yc) in zip(standard.eval_batches(samples), cached.eval_batches(samples)):
         assert xs.is_cuda and xs.is_contiguous(memory_format=torch.channels_last)
         assert torch.allclose(xs, xc, atol=1e-6) and torch.equal(ys, yc)
+    # the side-stream prefetch hands over the same batches, in order, as the CPU placement
+    on_cpu = [(x, y) for x, y in on("cpu", True).train_batches(samples, 1)]
+    on_gpu = [(x.cpu(), y.cpu()) for x, y in cached.train_batches(samples, 1)]
+    for (a, ya), (b, yb) in zip(on_cpu, on_gpu):
+        assert torch.equal(ya, yb) and ((a - b).abs() * 255 * min(DATA_CONFIG["std"])).max() <= 1.01
     for pipe in (standard, cached):
         first = [(x.cpu(), y.cpu()) for x, y in pipe.train_batches(samples, 1)]
         tail = [(x.cpu(), y.cpu()) for x, y in pipe.train_batches(samples, 1, start_step=1)]

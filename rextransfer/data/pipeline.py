@@ -2,20 +2,26 @@
 
 Two paths, one contract (normalised float NCHW batches on the device, int64 labels):
   * cached (cfg.cache, default): every image is decoded once into an on-disk uint8 pixel cache
-    (data/cache.py); later batches are memmap reads, cropped, flipped and normalised by threads
-    (CPU device) or on the GPU after a pinned upload;
+    (data/cache.py: whole images for training, eval squares); later batches are memmap reads,
+    cropped, flipped and normalised by threads (CPU device) or on the GPU after a pinned upload;
   * standard (--no-cache): DataLoader worker processes decode every file with PIL every epoch.
-Pixels stay uint8 until the last step, done by one `Finisher` (augment.py: crop/resize, float,
-mean/std, memory layout) for both paths: on the GPU for a whole batch, or, when the device is the
-CPU, image by image in the loader threads/workers, where torch does not hand small ops between
-intra-op threads (that stalls badly on shared cores). Eval inputs are identical on both paths.
+Pixels stay uint8 until the last step, done by one `Finisher` (augment.py): on the GPU for a
+whole batch in batched ops, or, when the device is the CPU, image by image in the loader
+threads/workers, where torch does not hand small ops between intra-op threads (that stalls badly
+on shared cores). Eval inputs are identical on both paths.
+
+Training crops are torchvision's RandomResizedCrop (same scale and ratio ranges) over the whole
+image on both paths: the original on the standard path, the cached copy (shorter side S) on the
+cached one.
 
 Determinism (resume must be bit-exact): the order of an epoch is a permutation seeded by (seed,
-epoch); augmentation is seeded per sample by (seed, epoch, position in the epoch) on the standard
-path and per optimizer step by (seed, epoch, step) on the cached path, so it does not depend on
-the number of ranks or on grad_accum. Nothing here draws from torch's global RNG: DataLoaders get
-their own generator, and crop boxes come from private generators through our copy of
-torchvision's RandomResizedCrop sampling (its `get_params` uses the global RNG).
+epoch); the augmentation of the sample at position p of the epoch is row p % batch of a generator
+seeded by (seed, epoch, step = p // batch) -- the same numbers on both paths, independent of the
+number of ranks, of grad_accum and of where the epoch was resumed. Nothing here draws from torch's
+global RNG: DataLoaders get their own generator, and crop boxes come from private generators.
+
+On CUDA the batch iterator works one batch ahead: batch k+1 is uploaded (pinned memory,
+non-blocking) and finished on a side stream while the trainer computes on batch k.
 
 A file that breaks after the pre-flight scan raises a one-line DataError naming it (the run stops;
 rerunning rescans and skips the file).
@@ -26,9 +32,7 @@ from __future__ import annotations
 import math
 import os
 import signal
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -38,12 +42,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from .augment import CENTER, Finisher, center_box, interpolation_mode, mix_seed, sample_crops
 from ..config.settings import Config
+from ..core.errors import DataError
+from .augment import CENTER, Finisher, center_box, interpolation_mode, sample_crops, step_draws
 from .base import SampleSet
-from .cache import PixelCache, check_batch, load_failure, open_or_build, square_pixels
+from .cache import PixelCache, Spec, check_batch, load_failure, open_or_build, square_pixels, threaded
 from .images import ImageDecodeError
-from ..core.errors import DataError, UsageError
 
 EVAL_BATCH_CAP = 256         # eval batch = 2 x micro-batch, at most this many images
 
@@ -52,20 +56,36 @@ def resolve_workers(workers: int) -> int:
     return min(8, os.cpu_count() or 1) if workers < 0 else workers
 
 
+class Loaded(NamedTuple):
+    """A batch as the loader hands it over, before the device step.
+
+    finish: "done" (normalised already: CPU device), "none" (uint8 at size), "center" (uint8 to
+    center-crop) or "crops" (whole images packed back to back; meta = int64 [B, 8]: first pixel,
+    height, width, box top/left/h/w, flip; sizes = (S, L) of the batch's canvas).
+    """
+
+    x: Tensor
+    y: Tensor
+    finish: str
+    meta: Tensor | None = None
+    sizes: tuple[int, int] | None = None
+
+
 class _FileBatches(Dataset):
     """Standard path. One item = one micro-batch: decode each file and crop it with PIL.
 
-    Train jobs are [(index, seed)]: random-resized-crop + flip seeded per sample. Eval jobs are
-    [index]: `square_pixels`, exactly what the cache stores. With a finisher (CPU device) the
-    worker also normalises; otherwise it returns uint8 [B, H, W, 3] for the GPU.
+    Train jobs are [(index, uniforms, flip)]: RandomResizedCrop box from the sample's uniforms
+    (augment.step_draws) on the decoded original, then flip. Eval jobs are [index]: `square_pixels`,
+    exactly what the eval cache stores. With a finisher (CPU device) the worker also normalises;
+    otherwise it returns uint8 [B, H, W, 3] for the GPU.
     """
 
     def __init__(self, samples: SampleSet, img_size: int, resize: int, interpolation: InterpolationMode,
-                 scale: tuple[float, float], hflip: bool, finisher: Finisher | None):
+                 scale: tuple[float, float], finisher: Finisher | None):
         self.samples, self.img_size, self.resize, self.interpolation = samples, img_size, resize, interpolation
-        self.scale, self.hflip, self.finisher = scale, hflip, finisher
+        self.scale, self.finisher = scale, finisher
 
-    def __getitem__(self, job: tuple[str, list]):
+    def __getitem__(self, job: tuple[str, list]) -> Loaded | str:
         kind, items = job
         index = [item[0] for item in items] if kind == "train" else items
         pixels = []
@@ -74,70 +94,87 @@ class _FileBatches(Dataset):
                 img = self.samples.load(i)
             except ImageDecodeError as e:
                 return load_failure(self.samples, i, e)
-            pixels.append(self._train(img, items[k][1]) if kind == "train" else
+            pixels.append(self._train(img, *items[k][1:]) if kind == "train" else
                           square_pixels(img, self.resize, self.interpolation))
         y = torch.tensor([self.samples.labels[i] for i in index])
         if self.finisher is None:
-            return torch.from_numpy(np.stack(pixels)), y
+            return Loaded(torch.from_numpy(np.stack(pixels)), y, "none" if kind == "train" else "center")
         boxes = [None if kind == "train" else center_box(self.resize, self.resize, self.img_size)] * len(pixels)
-        return self.finisher.samples([torch.from_numpy(p) for p in pixels], boxes, [False] * len(pixels)), y
+        return Loaded(self.finisher.samples(pixels, boxes, [False] * len(pixels)), y, "done")
 
-    def _train(self, img: Image.Image, seed: int) -> np.ndarray:
-        g = torch.Generator().manual_seed(seed)
-        top, left, h, w = sample_crops([(img.height, img.width)], g, self.scale)[0]
-        flip = bool(torch.rand(1, generator=g) < 0.5) and self.hflip
+    def _train(self, img: Image.Image, u: np.ndarray, flip: bool) -> np.ndarray:
+        top, left, h, w = sample_crops([(img.height, img.width)], torch.from_numpy(u)[None], self.scale)[0]
         img = TF.resized_crop(img, top, left, h, w, [self.img_size, self.img_size], InterpolationMode.BILINEAR)
         if flip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return np.array(img, dtype=np.uint8)
+        return np.asarray(img, dtype=np.uint8)
+
+
+class _CacheJob(NamedTuple):
+    rows: np.ndarray
+    boxes: list | None          # None: eval (center crop of the cached square)
+    flips: list[bool]
 
 
 class _CacheBatches:
-    """Cached path. One job = one micro-batch of cache rows: (rows, crops or CENTER, flips).
-
-    CPU device: crops and normalises each row straight from the memmap (no gather copy).
-    GPU: gathers the rows into one (pinned) uint8 batch, mirrored where flipped, for `Finisher.batch`.
-    """
+    """Cached path, run in loader threads. CPU device: crop, resize and normalise each row
+    straight from the memmap. GPU: pack the rows into one pinned buffer for `Finisher.crops`
+    (training) or gather the eval squares for a center crop on the device."""
 
     def __init__(self, cache: PixelCache, img_size: int, finisher: Finisher | None, pin: bool):
         self.cache, self.img_size, self.finisher, self.pin = cache, img_size, finisher, pin
 
-    def __call__(self, job: tuple[np.ndarray, list | str, list]) -> tuple[Tensor, Tensor]:
-        rows, crops, flips = job
+    def __call__(self, job: _CacheJob) -> Loaded:
+        rows, boxes, flips = job
         y = torch.from_numpy(self.cache.labels[rows])
-        if self.finisher is None:
-            return self.cache.gather(rows, flips, pin=self.pin), y
-        if crops == CENTER:
-            crops = [center_box(self.cache.size, self.cache.size, self.img_size)] * len(rows)
-        return self.finisher.samples([self.cache.row(r) for r in rows], crops, flips), y
+        if self.finisher is not None:
+            if boxes is None:
+                boxes = [center_box(*self.cache.sizes[r], self.img_size) for r in rows]
+            return Loaded(self.finisher.samples([self.cache.row(r) for r in rows], boxes, flips), y, "done")
+        y = y.pin_memory() if self.pin else y
+        if boxes is None:
+            return Loaded(self.cache.gather(rows, pin=self.pin), y, "center")
+        pixels, meta = self.cache.pack(rows, pin=self.pin)
+        meta = torch.cat([meta, torch.tensor(boxes, dtype=torch.int64).view(-1, 4),
+                          torch.tensor(flips, dtype=torch.int64).view(-1, 1)], 1)
+        sizes = (int(meta[:, 1:3].amin(1).max()), int(meta[:, 1:3].amax(1).max()))
+        return Loaded(pixels, y, "crops", meta.pin_memory() if self.pin else meta, sizes)
 
 
-def threaded(fn, jobs: list, workers: int) -> Iterator:
-    """fn(job) for each job, in order, `workers` at a time in threads (0: inline), 2 x workers ahead.
-
-    The cached path uses threads, not DataLoader processes: a batch is a memmap read plus a few
-    C-level ops that release the GIL, and a process would have to copy every finished batch into
-    shared memory for the main process (measured: 25% more img/s, 35% less CPU per image).
-    """
-    if workers == 0:
-        yield from map(fn, jobs)
+def prefetched(items: Iterable, stage: Callable[[Loaded], tuple[Tensor, Tensor]],
+               device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """stage(item) for each item: on CUDA one batch ahead on a side stream, so that the upload
+    and finishing of batch k+1 overlap the trainer's compute on batch k; elsewhere in line (on the
+    CPU the loader threads/workers already work ahead)."""
+    if device.type != "cuda":
+        for item in items:
+            yield stage(item)
         return
-    # Each loader thread is one unit of parallelism: torch ops inside it run single-threaded (the
-    # OpenMP setting is per thread; the training thread keeps its own), or 2 threads x 2 OpenMP
-    # threads oversubscribe the cores (measured ~20% fewer img/s on 2 cores).
-    with ThreadPoolExecutor(workers, thread_name_prefix="rextransfer-batches",
-                            initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        pending: deque = deque()
-        try:
-            for job in jobs:
-                pending.append(pool.submit(fn, job))
-                if len(pending) > 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:  # the consumer stopped early (end of training, Ctrl-C): drop what is queued
-            for future in pending:
-                future.cancel()
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))  # the finisher's constants are ready
+
+    def issue(item: Loaded):
+        with torch.cuda.stream(side):
+            x, y = stage(item)
+            done = torch.cuda.Event()
+            done.record(side)
+        return x, y, done
+
+    def hand_over(x: Tensor, y: Tensor, done) -> tuple[Tensor, Tensor]:
+        main = torch.cuda.current_stream(device)
+        main.wait_event(done)
+        x.record_stream(main)  # made on the side stream, used on the main one: keep it till then
+        y.record_stream(main)
+        return x, y
+
+    ahead = None
+    for item in items:
+        issued = issue(item)
+        if ahead is not None:
+            yield hand_over(*ahead)
+        ahead = issued
+    if ahead is not None:
+        yield hand_over(*ahead)
 
 
 def ignore_sigint(_worker_id: int) -> None:
@@ -189,7 +226,7 @@ class Pipeline:
         reuse_freed_memory()
         self.workers = resolve_workers(cfg.workers)
         self.scale = (cfg.rrc_scale_min, 1.0)
-        self._caches: dict[int, tuple[SampleSet, PixelCache]] = {}
+        self._caches: dict[tuple[int, bool], tuple[SampleSet, PixelCache]] = {}
 
     # -- sizes ---------------------------------------------------------------------------------------
     def micro_batch(self) -> int:
@@ -230,22 +267,28 @@ class Pipeline:
         are skipped without decoding anything)."""
         order = self.epoch_order(len(samples), epoch)
         steps = range(start_step, self.steps_per_epoch(len(samples)))
-        bs, seed = self.cfg.batch_size, self.cfg.seed
+        bs, seed, hflip = self.cfg.batch_size, self.cfg.seed, self.cfg.hflip
         if not self.cfg.cache:
-            jobs = [("train", [(order[s * bs + k], mix_seed(seed, epoch, s * bs + k)) for k in range(a, b)])
-                    for s in steps for a, b in self._micro_slices()]
+            jobs = []
+            for s in steps:
+                u, flips = step_draws(seed, epoch, s, bs, hflip)
+                u = u.numpy()
+                jobs += [("train", [(order[s * bs + k], u[k].copy(), flips[k]) for k in range(a, b)])
+                         for a, b in self._micro_slices()]
             dataset = _FileBatches(samples, self.img_size, self.resize, self.interpolation, self.scale,
-                                   self.cfg.hflip, self._worker_finisher())
-            return self._run(dataset, jobs, [None] * len(jobs))
-        cache = self._cache(samples)
-        jobs = []
-        for s in steps:
-            g = torch.Generator().manual_seed(mix_seed(seed, epoch, s, "cached"))
-            crops = sample_crops([(cache.size, cache.size)] * bs, g, self.scale)
-            flips = [f and self.cfg.hflip for f in (torch.rand(bs, generator=g) < 0.5).tolist()]
-            for a, b in self._micro_slices():
-                jobs.append((np.asarray(order[s * bs + a: s * bs + b], dtype=np.int64), crops[a:b], flips[a:b]))
-        return self._run(self._cache_batches(cache), jobs, [job[1] for job in jobs])
+                                   self._worker_finisher())
+            return self._run(dataset, jobs)
+        cache = self._cache(samples, whole=True)
+
+        def jobs_of_steps() -> Iterator[_CacheJob]:
+            for s in steps:
+                u, flips = step_draws(seed, epoch, s, bs, hflip)
+                rows = order[s * bs: (s + 1) * bs]
+                boxes = sample_crops([cache.sizes[r] for r in rows], u, self.scale)
+                for a, b in self._micro_slices():
+                    yield _CacheJob(np.asarray(rows[a:b], dtype=np.int64), boxes[a:b], flips[a:b])
+
+        return self._run(self._cache_batches(cache), jobs_of_steps())
 
     def eval_batches(self, samples: SampleSet) -> Iterator[tuple[Tensor, Tensor]]:
         """All samples in order: shorter side to S, center crop S, center crop img_size; normalised."""
@@ -254,26 +297,28 @@ class Pipeline:
         if not self.cfg.cache:
             jobs = [("eval", list(range(a, b))) for a, b in spans]
             dataset = _FileBatches(samples, self.img_size, self.resize, self.interpolation, self.scale,
-                                   self.cfg.hflip, self._worker_finisher())
-        else:
-            jobs = [(np.arange(a, b), CENTER, [False] * (b - a)) for a, b in spans]
-            dataset = self._cache_batches(self._cache(samples))
-        return self._run(dataset, jobs, [CENTER] * len(jobs))
+                                   self._worker_finisher())
+            return self._run(dataset, jobs)
+        cached = self._cache_batches(self._cache(samples, whole=False))
+        return self._run(cached, [_CacheJob(np.arange(a, b), None, [False] * (b - a)) for a, b in spans])
 
-    def prepare(self, *sample_sets: SampleSet) -> None:
-        """Build the pixel caches now (no-op without cache), e.g. before timing epoch 1."""
+    def prepare(self, train: SampleSet | None = None, *evals: SampleSet) -> None:
+        """Build the pixel caches now (no-op without cache), e.g. before timing epoch 1: the training
+        cache of `train` (whole images) and the eval caches (squares) of `evals`."""
         if self.cfg.cache:
-            for samples in sample_sets:
-                self._cache(samples)
+            if train is not None:
+                self._cache(train, whole=True)
+            for samples in evals:
+                self._cache(samples, whole=False)
 
     # -- internals -----------------------------------------------------------------------------------
-    def _cache(self, samples: SampleSet) -> PixelCache:
+    def _cache(self, samples: SampleSet, whole: bool) -> PixelCache:
         # Keyed by object identity (holding a reference, so the id stays unique): the fingerprint
         # stats every file, and once per Pipeline is enough.
-        entry = self._caches.get(id(samples))
+        entry = self._caches.get((id(samples), whole))
         if entry is None:
-            cache = open_or_build(samples, self.resize, self.interpolation, self.workers)
-            entry = self._caches[id(samples)] = (samples, cache)
+            spec = Spec(self.resize, self.interpolation, whole)
+            entry = self._caches[(id(samples), whole)] = (samples, open_or_build(samples, spec, self.workers))
         return entry[1]
 
     def _worker_finisher(self) -> Finisher | None:
@@ -285,7 +330,18 @@ class Pipeline:
     def _cache_batches(self, cache: PixelCache) -> _CacheBatches:
         return _CacheBatches(cache, self.img_size, self._worker_finisher(), pin=self.device.type == "cuda")
 
-    def _run(self, source: Dataset | _CacheBatches, jobs: list, crops: list) -> Iterator[tuple[Tensor, Tensor]]:
+    def _stage(self, item: Loaded) -> tuple[Tensor, Tensor]:
+        """The device step of a loaded batch: upload, then finish what the loader left to do."""
+        x = item.x.to(self.device, non_blocking=True)
+        y = item.y.to(self.device, dtype=torch.int64, non_blocking=True)
+        if item.finish == "done":
+            return x, y
+        if item.finish == "crops":
+            meta = item.meta.to(self.device, non_blocking=True)
+            return self.finisher.crops(x, meta[:, :3], meta[:, 3:7], meta[:, 7].bool(), sizes=item.sizes), y
+        return self.finisher.batch(x, CENTER if item.finish == "center" else None), y
+
+    def _run(self, source: Dataset | _CacheBatches, jobs: Iterable) -> Iterator[tuple[Tensor, Tensor]]:
         """Batches of `jobs` on the device: a DataLoader over files, or threads over the cache."""
         if isinstance(source, _CacheBatches):
             loaded = threaded(source, jobs, self.workers)
@@ -294,13 +350,4 @@ class Pipeline:
                                 pin_memory=self.device.type == "cuda", worker_init_fn=ignore_sigint,
                                 # its own generator: DataLoader otherwise draws a seed from the global RNG
                                 generator=torch.Generator().manual_seed(self.cfg.seed))
-        finish_here = self._worker_finisher() is None
-
-        def batches() -> Iterator[tuple[Tensor, Tensor]]:
-            for batch, crop in zip(loaded, crops):
-                x, y = check_batch(batch)
-                x = x.to(self.device, non_blocking=True)
-                y = y.to(self.device, dtype=torch.int64, non_blocking=True)
-                yield (self.finisher.batch(x, crop) if finish_here else x), y
-
-        return batches()
+        return prefetched((check_batch(batch) for batch in loaded), self._stage, self.device)
