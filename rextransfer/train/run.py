@@ -101,6 +101,9 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
         run = RunDir(Path(cfg.runs_dir) / dataset_label(cfg.dataset) / (name or RunDir.default_name(cfg.model, cfg.width)))
         given = _result_settings(cfg)
         run.check_location()
+    from ..data.scan import check_cache_root
+
+    check_cache_root(required=cfg.cache)  # the pixel cache's folder, before any work
     if not dry_run and os.environ.get("RANK", "0") == "0":  # rank 0 holds the run for all ranks
         held.enter_context(run.lock())
     status = run.status()
