@@ -124,6 +124,7 @@ def check_cache_root(required: bool, root: Path | None = None) -> None:
         return
     if required:
         raise EnvironmentProblem(f"{problem}; set REXTRANSFER_CACHE to a writable folder, or use --no-cache")
+    _UNSAVED.add(root)
     err.print(f"note: {problem}; images are scanned again next time (set REXTRANSFER_CACHE to a writable folder)",
               markup=False)
 
@@ -177,6 +178,9 @@ def _decode(samples: SampleSet, todo: list[int], reasons: list, workers: int, pr
             bar.advance(task, len(batch))
 
 
+_UNSAVED: set[Path] = set()  # cache roots already reported as unwritable
+
+
 class _Store:
     """The per-folder JSON of earlier verdicts: {key: [stamp, reason or null]}."""
 
@@ -200,8 +204,10 @@ class _Store:
             tmp.write_text(json.dumps({"version": SCAN_VERSION, "group": self.group, "entries": self.entries}))
             os.replace(tmp, self.path)
         except OSError as e:
-            err.print(f"note: could not save the scan cache {self.path} ({e.strerror}); the next scan decodes again",
-                      markup=False)
+            if self.path.parent.parent not in _UNSAVED:  # one note per cache root
+                _UNSAVED.add(self.path.parent.parent)
+                err.print(f"note: could not save the scan cache {self.path} ({e.strerror}); the next scan decodes again",
+                          markup=False)
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:  # e.g. its folder is a file: there is no temp file either
