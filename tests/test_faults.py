@@ -1,9 +1,12 @@
 """Bad input and faults, each as a real file, flag or signal: exit code, one line, nothing lost.
 
-Cases covered elsewhere and counted in the closing note: offline without weights and corrupt
---weights files (test_models.py), archive path traversal and offline download (test_download.py),
-undecodable image kinds (test_scan.py), incompatible resume (test_state.py), bad flags and
---set values (test_app.py).
+The suite is split by what goes wrong: this file (data and training faults), test_faults_settings.py
+(settings, flags, config files), test_faults_runs.py (run folders: location, lock, resume, what
+evaluate and predict read back), test_faults_signals.py (Ctrl-C and SIGTERM before training),
+test_faults_codes.py (the README's exit-code table against the codes asserted here). Helpers are
+in faultkit.py. Cases covered elsewhere: offline without weights and corrupt --weights files
+(test_models.py), archive path traversal and offline download (test_download.py), undecodable
+image kinds (test_scan.py), incompatible resume (test_state.py), bad flags (test_app.py).
 """
 
 import json
@@ -19,24 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from faultkit import FAST, one_line, rx
+from faultkit import wait_lines as _wait_lines
 from synthetic import make_patterns
-
-FAST = ["--no-pretrained", "--set", "img_size=32", "--set", "batch_size=16", "--set", "workers=0",
-        "--set", "probe_epochs=0", "--set", "eval_every=1"]
-
-
-def rx(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rextransfer.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, **kw)
-
-
-def one_line(result, code: int, pattern: str) -> str:
-    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
-    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert re.search(pattern, lines[0]), lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -149,16 +137,6 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(data, 
     assert "lower --lr" in line
 
 
-def _wait_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    start = time.time()
-    while time.time() - start < timeout:
-        if path.exists() and len(path.read_text().splitlines()) >= n:
-            return
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "ended"
-        time.sleep(0.02)
-    raise AssertionError("timed out")
-
-
 def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_finishes(data, tmp_path):
     runs = tmp_path / "runs"
     run = runs / data.name / "k"
@@ -194,7 +172,8 @@ def test_full_disk_gives_a_clear_error_and_keeps_earlier_files(data, tmp_path):
     result = subprocess.run([sys.executable, "-m", "rextransfer.cli", "finetune", str(data), "--runs-dir", str(runs),
                              "--name", "full", "--epochs", "1", "--no-cache", *FAST],
                             capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size)
-    one_line(result, 7, "disk full while writing .*(last.pt|best.safetensors)")
+    line = one_line(result, 7, "disk full while writing .*(last.pt|best.safetensors)")
+    assert "nothing was written" in line and "previous version" not in line  # a 1-epoch run had none
     run = runs / data.name / "full"
     assert (run / "config.yaml").read_text().startswith("dataset:")
     assert json.loads((run / "env.json").read_text())["timm_name"] == "rexnet_100"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
 from typing import Annotated, Optional
 
 import typer
@@ -21,7 +23,34 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
 from .. import __version__
-from ..core.errors import UserError
+from ..core.errors import Interrupted, UserError
+
+# What stopped the command, for the one-line message; the training loop installs its own handlers
+# (save a checkpoint at the next step boundary) and restores these afterwards.
+STOPPED_BY = {"signal": ""}
+
+
+def _stop(signum, frame) -> None:
+    """Ctrl-C and SIGTERM outside the training loop: one line, exit 130 (SIGTERM is not a silent 143)."""
+    STOPPED_BY["signal"] = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+    raise KeyboardInterrupt
+
+
+def _quiet_after_stop(args) -> None:
+    """Background threads (loader workers' fd sharing) die noisily while a stop shuts workers down:
+    after a stop their errors are that shutdown, not news; before one they are shown as usual."""
+    if STOPPED_BY["signal"] and not DEBUG["on"]:
+        return
+    _THREAD_HOOK(args)
+
+
+_THREAD_HOOK = threading.excepthook
+
+
+def interrupted() -> Interrupted:
+    return Interrupted(f"interrupted by {STOPPED_BY['signal'] or 'Ctrl-C (SIGINT)'}; nothing was lost (files are written whole or "
+                       f"not at all): rerun the same command to continue")
+
 
 def report(e: UserError) -> None:
     """The one-line form of every user error: `error: <message>` on stderr."""
@@ -43,6 +72,11 @@ class _Group(TyperGroup):
                 raise
             report(e)
             ctx.exit(e.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside the training loop (scan, caching, ...)
+            if DEBUG["on"]:
+                raise
+            report(interrupted())
+            ctx.exit(interrupted().exit_code)
 
 
 app = typer.Typer(
@@ -85,6 +119,9 @@ for _module in COMMAND_MODULES:
 
 def main() -> None:
     """Entry point: run the app, turning UserError into one line and a documented exit code."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+    threading.excepthook = _quiet_after_stop
     try:
         code = app(standalone_mode=False)  # click returns the code of ctx.exit() instead of raising
         if isinstance(code, int) and code:
@@ -96,13 +133,12 @@ def main() -> None:
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
-        sys.stderr.write("aborted\n")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt):  # stopped outside a command (option parsing, start-up)
+        report(interrupted())
+        sys.exit(interrupted().exit_code)
     except Exception as e:  # click usage errors and genuine bugs
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare command: its help was shown, nothing else to say
+            sys.exit(e.exit_code)
         if isinstance(e, click_exceptions.UsageError):  # bad flag or value: one line, exit 2
             command = e.ctx.command_path if e.ctx else "rextransfer"
             sys.stderr.write(f"error: {e.format_message()} (see `{command} --help`)\n")

@@ -47,7 +47,7 @@ def _write(text: str, out_file: Path | None) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def compare(
-        runs: Annotated[Path, typer.Option("--runs", help="Parent folder of run folders (runs/<dataset>/<name>/).", rich_help_panel=SELECT)] = Path("runs"),
+        runs: Annotated[Optional[Path], typer.Option("--runs", help="Parent folder of run folders (runs/<dataset>/<name>/).", show_default="runs", rich_help_panel=SELECT)] = None,
         datasets: Annotated[Optional[list[str]], typer.Option("--datasets", "-d", help="Datasets to show/run, comma-separated (default: the paper's four, plus any with runs).", rich_help_panel=SELECT)] = None,
         models: Annotated[Optional[list[str]], typer.Option("--models", "-m", help="Backbones, comma-separated: rexnet (x1.0) or rexnet@WIDTH, resnet50, efficientnet_b0, any timm name (default: the paper's three, plus any with runs).", rich_help_panel=SELECT)] = None,
         fmt: Annotated[str, typer.Option("--format", "-f", help="table | markdown | csv | json.", rich_help_panel=OUTPUT)] = "table",
@@ -72,6 +72,11 @@ def register(app: typer.Typer) -> None:
 
         if fmt not in FORMATS:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+        if runs is not None and not runs.is_dir() and not ((run or dry_run) and not runs.exists()):
+            from ..core.errors import DataError  # a folder named on purpose; without --runs, no runs/ = the paper's table
+
+            raise DataError(f"--runs {runs}: {'not a folder' if runs.exists() else 'no such folder'}")
+        runs = runs if runs is not None else Path("runs")
         ds_list, model_list, sets = _split(datasets), _split(models), list(set_ or [])
         failures, todo = [], []
         if run or dry_run:

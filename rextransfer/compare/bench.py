@@ -117,7 +117,7 @@ def run_bench(models: list[str] | None = None, *, batch_size: int | None = None,
     batch_size None: 128 on CUDA (a GPU needs large batches to reach its throughput), 16 on CPU.
     """
     dev = select_device(device)
-    batch_size = batch_size or (128 if dev.type == "cuda" else 16)
+    batch_size = batch_size if batch_size is not None else (128 if dev.type == "cuda" else 16)  # 0 is an error, not "default"
     if batch_size < 1 or img_size < 32 or steps < 1 or warmup < 0:
         raise UsageError("bench needs --batch-size >= 1, --img-size >= 32, --steps >= 1, --warmup >= 0")
     if dev.type == "cuda":

@@ -89,6 +89,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> "Config":
+        """Every setting in its documented range, as one-line UsageErrors; returns self."""
         choices = {
             "source": ("original", "hub", "auto"),
             "bad_files": ("skip", "fail"),
@@ -100,24 +101,18 @@ class Config:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UsageError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
-        positive = ("img_size", "batch_size", "grad_accum", "eval_every", "log_every")
-        for key in positive:
-            if getattr(self, key) <= 0:
-                raise UsageError(f"{key} must be positive; got {getattr(self, key)}")
-        for key in ("epochs", "steps", "warmup_steps", "probe_epochs", "early_stop"):
-            if getattr(self, key) < 0:
-                raise UsageError(f"{key} must be >= 0; got {getattr(self, key)}")
+        for key, kind in FIELD_TYPES.items():  # NaN and inf pass every comparison below: refuse them first
+            values = getattr(self, key) if typing.get_origin(kind) is list else [getattr(self, key)]
+            if kind is float or typing.get_origin(kind) is list:
+                if not all(math.isfinite(v) for v in values):
+                    raise UsageError(f"{key} must be a finite number; got {getattr(self, key)}")
+        for key, rule in RANGES.items():
+            values = getattr(self, key) if isinstance(getattr(self, key), list) else [getattr(self, key)]
+            for value in values:
+                if not rule.holds(value):
+                    raise UsageError(f"{key} must be {rule}; got {getattr(self, key)}")
         if self.epochs == 0 and self.steps == 0:
             raise UsageError("set a training length: epochs > 0 or steps > 0")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError(f"lr must be positive; got {self.lr}")
-        for key in ("val_split", "val_fraction", "label_smoothing"):
-            if not 0 <= getattr(self, key) < 1:
-                raise UsageError(f"{key} must be in [0, 1); got {getattr(self, key)}")
-        if not 0 < self.rrc_scale_min <= 1:
-            raise UsageError(f"rrc_scale_min must be in (0, 1]; got {self.rrc_scale_min}")
-        if self.crop_pct and not 0 < self.crop_pct <= 1:
-            raise UsageError(f"crop_pct must be in (0, 1] (or 0 for the weights' default); got {self.crop_pct}")
         if self.bn_momentum not in ("default", "auto"):
             try:
                 value = float(self.bn_momentum)
@@ -138,6 +133,65 @@ class Config:
 
 _HINTS = typing.get_type_hints(Config)  # once: it compiles every annotation string
 FIELD_TYPES: dict[str, Any] = {f.name: _HINTS[f.name] for f in fields(Config)}
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval a setting must lie in; `str()` is how messages state it."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False          # low itself excluded
+    high_open: bool = False         # high itself excluded
+    off: float | None = None        # a value allowed outside the interval ("off", "default")
+    off_means: str = "off"
+
+    def holds(self, value: float) -> bool:
+        if self.off is not None and value == self.off:
+            return True
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def __str__(self) -> str:
+        number = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"
+        if self.high is None:
+            if self.low == 0:
+                return "positive" if self.low_open else ">= 0"
+            return f"> {number(self.low)}" if self.low_open else f">= {number(self.low)}"
+        text = f"{'(' if self.low_open else '['}{number(self.low)}, {number(self.high)}{')' if self.high_open else ']'}"
+        return f"in {text}" + (f" (or {number(self.off)} for {self.off_means})" if self.off is not None else "")
+
+
+POSITIVE, NON_NEGATIVE = Range(0, low_open=True), Range(0)
+# The range of every numeric setting that has one (floats are also checked for being finite).
+RANGES: dict[str, Range] = {
+    # sizes: ReXNet, ResNet50 and EfficientNet-B0 downsample 32x, so below 32 px nothing is left;
+    # above 1024 px (4.6x the paper's 224, 2x BiT's 480) one image is 3 MB of input and the pixel
+    # cache of a dataset runs into terabytes: a typo (100000) must not reach an allocation
+    "img_size": Range(32, 1024),
+    "batch_size": POSITIVE, "grad_accum": POSITIVE, "eval_every": POSITIVE, "log_every": POSITIVE,
+    "epochs": NON_NEGATIVE, "steps": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE,
+    "probe_epochs": NON_NEGATIVE, "early_stop": NON_NEGATIVE,
+    "workers": Range(-1, 256),        # -1 = auto; more processes than that is a typo, not a machine
+    "seed": Range(0, 2**32 - 1),      # numpy's seed range (torch's is wider)
+    "width": Range(0, 10, low_open=True),  # ReXNet width multiplier; the paper's widest is 3.0
+    "lr": POSITIVE,
+    "momentum": Range(0, 1, high_open=True),      # SGD momentum / AdamW beta1: 1 never forgets
+    "weight_decay": NON_NEGATIVE,
+    "val_split": Range(0, 1, high_open=True), "val_fraction": Range(0, 1, high_open=True),
+    "label_smoothing": Range(0, 1, high_open=True),
+    "rrc_scale_min": Range(0, 1, low_open=True),
+    "crop_pct": Range(0, 1, low_open=True, off=0, off_means="the weights' default"),
+    "step_milestones": Range(0, 1, low_open=True, high_open=True),  # fractions of training
+    "step_gamma": Range(0, 1, low_open=True),
+    "mixup": NON_NEGATIVE, "cutmix": NON_NEGATIVE,  # Beta(alpha, alpha) parameters; 0 = off
+    "mix_prob": Range(0, 1),
+    "ema_decay": Range(0, 1, low_open=True, high_open=True),  # 1 would never move, 0 is no average
+    "head_lr_mult": NON_NEGATIVE,
+    "layer_decay": Range(0, 1),       # 0 = off, 1 = no decay across layers
+    "clip_grad": NON_NEGATIVE,        # 0 = off
+}
 
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
@@ -208,10 +262,17 @@ def _type_name(kind: Any) -> str:
 
 
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
+    """A YAML mapping from a file; a missing, unreadable, binary or malformed file is a UsageError."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise UsageError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} {path} is a folder; give a YAML file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {path} is not a text file (not UTF-8); give a YAML file") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {path}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -30,6 +30,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    existed = path.exists()
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
@@ -39,7 +40,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException as e:
         tmp_path.unlink(missing_ok=True)
         if disk_full(e):
-            raise EnvironmentProblem(f"disk full while writing {path}; the previous version is intact — free space and resume") from None
+            kept = "the previous version is intact" if existed else "nothing was written"
+            raise EnvironmentProblem(f"disk full while writing {path}; {kept} — free space and resume") from None
         raise
 
 

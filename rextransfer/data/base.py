@@ -204,3 +204,19 @@ def default_data_root() -> Path:
 
 def data_root(cfg_value: str) -> Path:
     return Path(cfg_value).expanduser() if cfg_value else default_data_root()
+
+
+def absolute_dataset(name: str) -> str:
+    """A registered dataset's name as given; anything else (a folder) as an absolute path, so a
+    run's config.yaml names the same folder from any working directory."""
+    if not name or lookup(name) is not None:
+        return name
+    return os.path.abspath(os.path.expanduser(name))
+
+
+def absolute_paths(cfg):
+    """`cfg` with its dataset folder and data root as absolute paths (what a run folder stores)."""
+    import dataclasses
+
+    root = os.path.abspath(os.path.expanduser(cfg.data_root)) if cfg.data_root else ""
+    return dataclasses.replace(cfg, dataset=absolute_dataset(cfg.dataset), data_root=root)

@@ -315,8 +315,8 @@ def _build(samples: SampleSet, spec: Spec, workers: int, base: Path, key: str, e
     free = shutil.disk_usage(base).free
     if free < need + _SPACE_MARGIN:
         raise EnvironmentProblem(
-            f"the pixel cache of {n} images at {spec.size} px needs at least {need / 2**30:.1f} GiB in {base}, "
-            f"only {free / 2**30:.1f} GiB free; free space, set REXTRANSFER_CACHE to a bigger disk, or use --no-cache")
+            f"the pixel cache of {n} images at {spec.size} px needs {_size(need + _SPACE_MARGIN)} in {base} (with a "
+            f"{_size(_SPACE_MARGIN)} margin), only {_size(free)} free; free space, set REXTRANSFER_CACHE to a bigger disk, or use --no-cache")
     tmp = base / f".tmp-{key}-{os.getpid()}"
 
     def decode(i: int) -> np.ndarray | LoadFailure:
@@ -371,6 +371,14 @@ def _prune_superseded(base: Path, key: str, expect: dict) -> None:
             continue
         if all(meta.get(k) == v for k, v in same.items()):
             shutil.rmtree(other, ignore_errors=True)
+
+
+def _size(n: int) -> str:
+    """Bytes for people: 3 significant digits in the largest unit that is at least 1 (never "0.0 GiB")."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
 
 
 def _env_problem(e: OSError, where: Path) -> EnvironmentProblem:

@@ -20,7 +20,7 @@ from ..core import reach as net
 from ..core.reach import hub_offline
 from ..core.console import err, log
 from ..core.errors import DataError, EnvironmentProblem
-from .hub import HubSpec, cache_dir, open_hub
+from .hub import HubSpec, cache_dir, local_copy, open_hub, save_copy
 
 CHUNK = 1 << 20  # bytes per read
 PROBE_TIMEOUT_S = 3.0
@@ -160,14 +160,28 @@ def download_archives(name: str, archives: tuple[Archive, ...], root: Path, manu
 
 
 def download_hub(name: str, spec: HubSpec, root: Path, manual: str) -> Path:
-    """Fetch a Hub copy into <root>/hf-datasets with `datasets` (which resumes and verifies on its own)."""
-    if hub_offline(datasets=True):
-        raise EnvironmentProblem(f"the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1): unset it to fetch {spec.hub_id}, or {manual}")
-    if not reachable("https://huggingface.co"):
-        raise EnvironmentProblem(f"cannot reach huggingface.co (offline?) to fetch {spec.hub_id}: rerun when online, or {manual}")
-    log(f"{name}: fetching the Hub copy {spec.hub_id} into {cache_dir(root)}")
+    """Fetch a Hub copy with `datasets` (which resumes and verifies on its own) into <root>/hf-datasets
+    and save the splits we use at <root>/<name>-hub: the copy the loader reads first, offline too.
+    A download already in the datasets cache is saved without the network."""
     try:
-        open_hub(spec, root, name)
+        dataset_dict = local_copy(spec, root, name)
+        if dataset_dict is None:
+            if hub_offline(datasets=True):
+                raise EnvironmentProblem(f"the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1): unset it to fetch {spec.hub_id}, or {manual}")
+            if not reachable("https://huggingface.co"):
+                raise EnvironmentProblem(f"cannot reach huggingface.co (offline?) to fetch {spec.hub_id}: rerun when online, or {manual}")
+            log(f"{name}: fetching the Hub copy {spec.hub_id} into {cache_dir(root)}")
+            dataset_dict = open_hub(spec, root, name)
+        path = save_copy(dataset_dict, spec, root, name)
     except (ConnectionError, OSError) as e:
-        raise EnvironmentProblem(f"fetching {spec.hub_id} failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}): rerun to resume, or {manual}") from None
-    return cache_dir(root)
+        raise EnvironmentProblem(f"fetching {spec.hub_id} failed ({first_line(e)}): rerun to resume, or {manual}") from None
+    except (ValueError, RuntimeError) as e:  # e.g. "Dataset scripts are no longer supported", a changed card
+        raise DataError(f"the Hub copy {spec.hub_id} cannot be loaded ({first_line(e)}); {manual}") from None
+    log(f"{name}: saved at {path}; it loads offline ({cache_dir(root)} is no longer needed)")
+    return path
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (library errors run to many lines), or its type."""
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__

@@ -21,7 +21,7 @@ from ..core.console import log
 from ..core.errors import DataError
 from . import download as dl
 from .base import DataSplits, DatasetInfo, FileSamples, SampleSet, data_root, lookup, register, stratified_split
-from .hub import HubSpec, cache_dir, hub_parts, open_hub, saved_copy
+from .hub import HubSpec, cache_dir, hub_parts, local_copy, open_hub, saved_copy
 
 if TYPE_CHECKING:
     from ..config.settings import Config
@@ -117,14 +117,34 @@ def _aircraft(root: Path, cfg: "Config") -> tuple[SampleSet, SampleSet, list[str
     return split("trainval", "train"), split("test", "test"), classes, notes
 
 
+# The 102 common names of Oxford Flowers-102, label i = imagelabels.mat value i+1 (the release ships
+# only numbers). Source: the ClassLabel names of the Hub copy's card (dpdl-benchmark/oxford_flowers102,
+# '0': pink primrose ... '101': blackberry lily), the same list in the same order as torchvision's
+# Flowers102.classes -- which exists only from torchvision 0.22, so it is written out here.
+FLOWER_NAMES = (
+    'pink primrose', 'hard-leaved pocket orchid', 'canterbury bells', 'sweet pea', 'english marigold',
+    'tiger lily', 'moon orchid', 'bird of paradise', 'monkshood', 'globe thistle', 'snapdragon',
+    "colt's foot", 'king protea', 'spear thistle', 'yellow iris', 'globe-flower', 'purple coneflower',
+    'peruvian lily', 'balloon flower', 'giant white arum lily', 'fire lily', 'pincushion flower',
+    'fritillary', 'red ginger', 'grape hyacinth', 'corn poppy', 'prince of wales feathers',
+    'stemless gentian', 'artichoke', 'sweet william', 'carnation', 'garden phlox', 'love in the mist',
+    'mexican aster', 'alpine sea holly', 'ruby-lipped cattleya', 'cape flower', 'great masterwort',
+    'siam tulip', 'lenten rose', 'barbeton daisy', 'daffodil', 'sword lily', 'poinsettia',
+    'bolero deep blue', 'wallflower', 'marigold', 'buttercup', 'oxeye daisy', 'common dandelion', 'petunia',
+    'wild pansy', 'primula', 'sunflower', 'pelargonium', 'bishop of llandaff', 'gaura', 'geranium',
+    'orange dahlia', 'pink-yellow dahlia?', 'cautleya spicata', 'japanese anemone', 'black-eyed susan',
+    'silverbush', 'californian poppy', 'osteospermum', 'spring crocus', 'bearded iris', 'windflower',
+    'tree poppy', 'gazania', 'azalea', 'water lily', 'rose', 'thorn apple', 'morning glory',
+    'passion flower', 'lotus', 'toad lily', 'anthurium', 'frangipani', 'clematis', 'hibiscus', 'columbine',
+    'desert-rose', 'tree mallow', 'magnolia', 'cyclamen', 'watercress', 'canna lily', 'hippeastrum',
+    'bee balm', 'ball moss', 'foxglove', 'bougainvillea', 'camellia', 'mallow', 'mexican petunia',
+    'bromelia', 'blanket flower', 'trumpet creeper', 'blackberry lily',
+)
+
+
 def flower_names() -> list[str]:
-    """The 102 common names, label i = imagelabels.mat value i+1 (the release itself ships only numbers).
-
-    torchvision keeps the list; the Hub copy's ClassLabel names are the same list in the same order.
-    """
-    from torchvision.datasets import Flowers102
-
-    return list(Flowers102.classes)
+    """The 102 common names, label i = imagelabels.mat value i+1."""
+    return list(FLOWER_NAMES)
 
 
 def _flowers(root: Path, cfg: "Config") -> tuple[SampleSet, SampleSet, list[str], dict]:
@@ -137,7 +157,7 @@ def _flowers(root: Path, cfg: "Config") -> tuple[SampleSet, SampleSet, list[str]
         ids = [int(i) for k in keys for i in setid[k]]  # uint16, 1-based image ids
         return FileSamples([base / "jpg" / f"image_{i:05d}.jpg" for i in ids], [labels[i - 1] for i in ids], classes, name)
 
-    notes = {"train_split": "trnid+valid", "class_order": "imagelabels.mat ids (names from torchvision Flowers102.classes)"}
+    notes = {"train_split": "trnid+valid", "class_order": "imagelabels.mat ids (names as on the Hub copy's card)"}
     return split(("trnid", "valid"), "train"), split(("tstid",), "test"), classes, notes
 
 
@@ -219,17 +239,17 @@ def load_builtin(name: str, cfg: "Config") -> DataSplits:
             raise _missing(name, root)
         train, test, classes, notes = spec.parse(root, cfg)
         return protocol_splits(train, test, classes, cfg, metric=info.metric, source="original", notes=notes)
-    # Hub: a saved copy, or `datasets` (its cache works offline only with HF_HUB_OFFLINE=1; without
-    # that flag and without a network it retries for ~25 s, so probe the network first)
-    if not hub_present(name, root) and not hub_offline(datasets=True) and not dl.reachable("https://huggingface.co"):
-        raise _missing(name, root, "cannot reach huggingface.co; set HF_HUB_OFFLINE=1 to use a cached copy", cfg.source)
-    if not hub_present(name, root) and not hub_offline(datasets=True):
-        log(f"{name}: loading the Hub copy {spec.hub.hub_id} (downloads on first use into {cache_dir(root)})")
+    # Hub: a copy on disk (saved by `download`, or a download in the datasets cache) needs no
+    # network; otherwise `datasets` downloads it, after a 3 s probe (offline it retries for ~25 s)
     try:
-        dataset_dict = open_hub(spec.hub, root, name)
-    except (ConnectionError, FileNotFoundError, OSError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise _missing(name, root, first, cfg.source) from None
+        dataset_dict = local_copy(spec.hub, root, name)
+        if dataset_dict is None:
+            if hub_offline(datasets=True) or not dl.reachable("https://huggingface.co"):
+                raise _missing(name, root, "not on disk, and huggingface.co is out of reach", cfg.source)
+            log(f"{name}: loading the Hub copy {spec.hub.hub_id} (downloads on first use into {cache_dir(root)})")
+            dataset_dict = open_hub(spec.hub, root, name)
+    except (ConnectionError, OSError, ValueError, RuntimeError) as e:  # datasets' errors run to many lines
+        raise _missing(name, root, dl.first_line(e), cfg.source) from None
     return hub_splits_from(dataset_dict, info, cfg)
 
 

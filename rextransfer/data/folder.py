@@ -4,8 +4,14 @@ Rules a user can rely on:
   * one class-to-index map, built from the training split (class folder names, sorted), applied
     to every split; a class that appears only in val/test is an error that names it;
   * a class folder with no images is an error that names it; fewer than 2 classes is an error;
-  * hidden entries (.ipynb_checkpoints, .DS_Store, __MACOSX) are ignored; non-image files are
-    skipped and counted; images in sub-folders of a class folder belong to that class;
+  * hidden entries (names starting with a dot: .ipynb_checkpoints, .DS_Store, ._x.jpg) and what
+    zips and file browsers leave behind (__MACOSX, Thumbs.db, desktop.ini) are ignored; any other
+    folder is a class (`__x` too); non-image files are skipped and counted; images in sub-folders
+    of a class folder belong to that class;
+  * symbolic links are followed, and every image counts once: a link to a folder being walked
+    (a loop such as `red/up -> ..`) or to another class or split folder is not entered, and an
+    image reached twice (through links) belongs where the file itself lives, else to the first
+    place it was found (train before val/test), so no file is in two splits or two classes;
   * without val/ or test/, a deterministic stratified split (val_fraction, seed) is held out.
 """
 
@@ -19,35 +25,76 @@ from ..core.errors import DataError
 from .base import DataSplits, FileSamples, stratified_split
 from .images import is_image_name
 
+IGNORED = ("__MACOSX", "Thumbs.db", "desktop.ini")
+SUPPORTED = ".jpg .jpeg .png .bmp .gif .webp .tif"
+
 
 def _hidden(name: str) -> bool:
-    return name.startswith(".") or name.startswith("__") or name == "Thumbs.db"
+    return name.startswith(".") or name in IGNORED
 
 
 def _class_dirs(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and not _hidden(p.name)), key=lambda p: p.name)
 
 
-def _images_under(folder: Path, skipped: list[Path]) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        for name in sorted(filenames):
-            if _hidden(name):
+def _images_under(folder: Path, skipped: list[Path], fenced: set[str]) -> list[Path]:
+    """Images below `folder`, links followed; never into a folder on the current path (a loop)
+    or into `fenced` ones (the dataset, split and class folders: each is walked as itself)."""
+    found: list[Path] = []
+
+    def walk(d: Path, chain: frozenset[str]) -> None:
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:  # unreadable folder, or a link loop the kernel refuses (ELOOP)
+            return
+        for entry in entries:
+            if _hidden(entry.name):
                 continue
-            (found if is_image_name(name) else skipped).append(Path(dirpath) / name)
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()  # follows links; False for a broken one
+            except OSError:  # ELOOP: a link to itself
+                is_dir = False
+            if is_dir:
+                real = os.path.realpath(path)
+                if real not in chain and real not in fenced:
+                    walk(path, chain | {real})
+            elif is_image_name(entry.name):
+                found.append(path)
+            else:
+                skipped.append(path)
+
+    walk(folder, frozenset({os.path.realpath(folder)}))
     return found
 
 
-def _scan_split(root: Path, skipped: list[Path]) -> dict[str, list[Path]]:
+def _scan_split(root: Path, skipped: list[Path], fenced: set[str]) -> dict[str, list[Path]]:
     """class name -> image paths for one split folder."""
-    classes = {}
-    for d in _class_dirs(root):
-        images = _images_under(d, skipped)
-        if not images:
-            raise DataError(f"class folder {d} has no images (supported: .jpg .jpeg .png .bmp .gif .webp .tif)")
-        classes[d.name] = images
-    return classes
+    return {d.name: _images_under(d, skipped, fenced) for d in _class_dirs(root)}
+
+
+def _count_once(groups: list[tuple[Path, dict[str, list[Path]]]]) -> int:
+    """Keep each image file (by real path) in one place only: where the file itself lives if it
+    is reached that way, else where it was reached first. Returns how many repeats were dropped."""
+    owner: dict[str, tuple[int, str, Path, bool]] = {}
+    for g, (_, by_class) in enumerate(groups):
+        for name, paths in by_class.items():
+            for p in paths:
+                real = os.path.realpath(p)
+                direct = real == os.path.abspath(p)
+                held = owner.get(real)
+                if held is None or (direct and not held[3]):
+                    owner[real] = (g, name, p, direct)
+    kept = {(g, name, p) for g, name, p, _ in owner.values()}
+    repeats = 0
+    for g, (root, by_class) in enumerate(groups):
+        for name in list(by_class):
+            paths = by_class[name]
+            by_class[name] = [p for p in paths if (g, name, p) in kept]
+            repeats += len(paths) - len(by_class[name])
+            if not by_class[name]:
+                raise DataError(f"class folder {root / name} has no images of its own (supported: {SUPPORTED})")
+    return repeats
 
 
 def _find_split_dir(path: Path, names: tuple[str, ...]) -> Path | None:
@@ -78,12 +125,19 @@ def load_folder(path: Path, val_fraction: float = 0.2, seed: int = 0) -> DataSpl
         raise DataError(f"{path} is not a folder; expected PATH/<class>/*.jpg or PATH/train/<class>/*.jpg")
     skipped: list[Path] = []
     train_dir = _find_split_dir(path, ("train",))
+    found: dict[str, Path] = {}
     if train_dir is not None:
-        train_by_class = _scan_split(train_dir, skipped)
-        layout = "train/val"
-    else:
-        train_by_class = _scan_split(path, skipped)
-        layout = "class folders"
+        found["train"] = train_dir
+        for split_name, names in (("val", ("val", "valid", "validation")), ("test", ("test",))):
+            d = _find_split_dir(path, names)
+            if d is not None:
+                found[split_name] = d
+    tops = list(found.values()) or [path]
+    fenced = {os.path.realpath(d) for d in (path, *tops, *(c for top in tops for c in _class_dirs(top)))}
+    groups = [(d, _scan_split(d, skipped, fenced)) for d in tops]
+    repeats = _count_once(groups)
+    train_by_class = groups[0][1]
+    layout = "train/val" if train_dir is not None else "class folders"
     if not train_by_class:
         raise DataError(f"no class folders in {train_dir or path}; expected {path}/<class>/*.jpg or {path}/train/<class>/*.jpg")
     if len(train_by_class) < 2:
@@ -95,11 +149,8 @@ def load_folder(path: Path, val_fraction: float = 0.2, seed: int = 0) -> DataSpl
     extra = {}
     notes: dict = {"layout": layout, "class_order": "sorted class folder names of the training split"}
     if train_dir is not None:
-        val_dir = _find_split_dir(path, ("val", "valid", "validation"))
-        test_dir = _find_split_dir(path, ("test",))
-        for split_name, d in (("val", val_dir), ("test", test_dir)):
-            if d is not None:
-                extra[split_name] = _samples(_scan_split(d, skipped), class_to_idx, split_name, d)
+        for (split_name, d), (_, by_class) in zip(list(found.items())[1:], groups[1:]):
+            extra[split_name] = _samples(by_class, class_to_idx, split_name, d)
         if not extra:
             raise DataError(f"{path} has train/ but no val/ or test/; add one, or put class folders directly in {path}")
         eval_split = "val" if "val" in extra else "test"
@@ -115,6 +166,9 @@ def load_folder(path: Path, val_fraction: float = 0.2, seed: int = 0) -> DataSpl
         notes["val_fraction"] = val_fraction
     if skipped:
         log(f"skipped {len(skipped)} non-image file(s) in {path} (e.g. {skipped[0].name})")
+    if repeats:
+        log(f"{repeats} image(s) in {path} were reached twice through symbolic links; each counts once")
     notes["non_image_files_skipped"] = len(skipped)
+    notes["repeated_images_skipped"] = repeats
     return DataSplits(train=train, eval=eval_set, eval_split=eval_split, classes=classes,
                       source="folder", metric="top1", notes=notes, extra=extra)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,18 +115,101 @@ def cache_dir(root: Path) -> Path:
     return root / "hf-datasets"
 
 
-def open_hub(spec: HubSpec, root: Path, name: str) -> Any:
-    """The Hub copy as a DatasetDict: a saved copy under the data root if there is one, else
-    `datasets.load_dataset` (downloads on first use into <data root>/hf-datasets, cache afterwards).
+def needed_splits(spec: HubSpec) -> list[str]:
+    return [s for names in spec.splits.values() for s in names]
 
-    Raises ConnectionError/FileNotFoundError/OSError from `datasets` unchanged; callers phrase them.
+
+def cached_download(spec: HubSpec, root: Path) -> Path | None:
+    """The newest complete copy of `spec` in the datasets cache under the data root, as the
+    library lays out a download: <cache>/<namespace>___<name>/<config>/<version>/<commit>/
+    with dataset_info.json and <name>-<split>*.arrow. Only one holding every split we use counts."""
+    if not cache_dir(root).is_dir():  # the common case, answered without importing datasets (~2 s)
+        return None
+    from datasets.naming import camelcase_to_snakecase
+
+    namespace, _, repo = spec.hub_id.rpartition("/")
+    folder = cache_dir(root) / "___".join([*([namespace] if namespace else []), camelcase_to_snakecase(repo)])
+    found = []
+    for info in folder.glob("*/*/*/dataset_info.json"):
+        if info.parent.name.endswith(".incomplete"):
+            continue
+        try:
+            splits = json.loads(info.read_text()).get("splits") or {}
+            mtime = info.stat().st_mtime
+        except (OSError, ValueError, AttributeError):
+            continue
+        if all(s in splits for s in needed_splits(spec)):
+            found.append((mtime, info.parent))
+    return max(found)[1] if found else None
+
+
+def load_cached(spec: HubSpec, root: Path) -> Any:
+    """A DatasetDict from the datasets cache, without the network and without `load_dataset`'s
+    offline lookup, which hashes `data_files` patterns instead of the files they resolved to and so
+    never finds a copy downloaded with `data_files` (huggingface/datasets#6837). Reads through the
+    library's own cache builder. FileNotFoundError if there is none."""
+    from datasets.naming import camelcase_to_snakecase
+    from datasets.packaged_modules.cache.cache import Cache
+
+    found = cached_download(spec, root)
+    if found is None:
+        raise FileNotFoundError(f"{spec.hub_id} is not in the datasets cache {cache_dir(root)}")
+    config, version, commit = found.parts[-3:]
+    builder = Cache(cache_dir=str(cache_dir(root)), dataset_name=camelcase_to_snakecase(spec.hub_id.rpartition("/")[2]),
+                    repo_id=spec.hub_id, config_name=config, version=version, hash=commit)
+    return builder.as_dataset()
+
+
+def local_copy(spec: HubSpec, root: Path, name: str) -> Any | None:
+    """The Hub copy from disk: a saved copy under the data root, else a download in the datasets
+    cache; None if neither is there. Never touches the network."""
+    saved = saved_copy(root, name)
+    if (saved / "dataset_dict.json").exists():
+        import datasets
+
+        return datasets.load_from_disk(str(saved))
+    if cached_download(spec, root) is not None:
+        return load_cached(spec, root)
+    return None
+
+
+def open_hub(spec: HubSpec, root: Path, name: str) -> Any:
+    """The Hub copy as a DatasetDict: from disk if it is there (`local_copy`), else
+    `datasets.load_dataset` (downloads into <data root>/hf-datasets).
+
+    Raises ConnectionError/FileNotFoundError/OSError/ValueError/RuntimeError from `datasets`
+    unchanged; callers phrase them.
     """
     import datasets
 
-    saved = saved_copy(root, name)
-    if (saved / "dataset_dict.json").exists():
-        return datasets.load_from_disk(str(saved))
+    here = local_copy(spec, root, name)
+    if here is not None:
+        return here
     return datasets.load_dataset(spec.hub_id, cache_dir=str(cache_dir(root)), data_files=spec.data_files)
+
+
+def save_copy(dataset_dict: Any, spec: HubSpec, root: Path, name: str) -> Path:
+    """Save the splits we use with `save_to_disk` at <data root>/<name>-hub (written beside it and
+    renamed into place, so an interrupted save leaves no half copy): it loads offline as is."""
+    import shutil
+
+    from datasets import DatasetDict
+
+    missing = [s for s in needed_splits(spec) if s not in dataset_dict]
+    if missing:
+        raise DataError(f"Hub copy {spec.hub_id} has splits {', '.join(dataset_dict) or 'none'} but needs "
+                        f"{', '.join(missing)}; it may have changed on the Hub: use the original release")
+    final = saved_copy(root, name)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        DatasetDict({s: dataset_dict[s] for s in needed_splits(spec)}).save_to_disk(str(tmp))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def hub_parts(dataset_dict: Any, spec: HubSpec, num_classes: int, crop_bottom: int = 0) -> tuple[dict[str, HubSamples], list[str]]:

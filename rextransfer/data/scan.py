@@ -24,7 +24,7 @@ from typing import Sequence
 from torch.utils.data import DataLoader, Dataset
 
 from ..core.console import err
-from ..core.errors import DataError
+from ..core.errors import DataError, EnvironmentProblem
 from .base import SampleSet, Subset
 from .cache import cache_root
 from .images import ImageDecodeError
@@ -110,6 +110,25 @@ def scan_samples(samples: SampleSet, policy: str = "skip", workers: int = -1, pr
     return result
 
 
+def check_cache_root(required: bool, root: Path | None = None) -> None:
+    """Before any work: the cache root (REXTRANSFER_CACHE) is a folder or can be made one, on a
+    writable disk. Without it the pixel cache cannot be built (`required`: EnvironmentProblem,
+    exit 7); the scan cache only costs a rescan next time (a note)."""
+    root = Path(root or cache_root())
+    existing = next((p for p in (root, *root.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        problem = f"the cache folder {root} cannot be created: {existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"the cache folder {root} is not writable ({existing})"
+    else:
+        return
+    if required:
+        raise EnvironmentProblem(f"{problem}; set REXTRANSFER_CACHE to a writable folder, or use --no-cache")
+    _UNSAVED.add(root)
+    err.print(f"note: {problem}; images are scanned again next time (set REXTRANSFER_CACHE to a writable folder)",
+              markup=False)
+
+
 def write_bad_files_csv(results: ScanResult | Sequence[ScanResult], path: str | Path) -> None:
     """CSV of unusable files (file, reason, split) of one scan or of several splits' scans."""
     results = [results] if isinstance(results, ScanResult) else list(results)
@@ -159,6 +178,9 @@ def _decode(samples: SampleSet, todo: list[int], reasons: list, workers: int, pr
             bar.advance(task, len(batch))
 
 
+_UNSAVED: set[Path] = set()  # cache roots already reported as unwritable
+
+
 class _Store:
     """The per-folder JSON of earlier verdicts: {key: [stamp, reason or null]}."""
 
@@ -182,5 +204,11 @@ class _Store:
             tmp.write_text(json.dumps({"version": SCAN_VERSION, "group": self.group, "entries": self.entries}))
             os.replace(tmp, self.path)
         except OSError as e:
-            err.print(f"note: could not save the scan cache {self.path} ({e.strerror}); the next scan decodes again")
-            tmp.unlink(missing_ok=True)
+            if self.path.parent.parent not in _UNSAVED:  # one note per cache root
+                _UNSAVED.add(self.path.parent.parent)
+                err.print(f"note: could not save the scan cache {self.path} ({e.strerror}); the next scan decodes again",
+                          markup=False)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # e.g. its folder is a file: there is no temp file either
+                pass

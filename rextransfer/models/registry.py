@@ -13,6 +13,7 @@ GMACs from the architectures and check them against these numbers.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -130,6 +131,8 @@ def _resolve(model: str, width: float, weights: str, pretrained: bool, timm_ok: 
     """resolve_spec; with timm_ok=False returns None where answering would need timm."""
     name = model.strip().lower()
     if name == "rexnet":
+        if not (math.isfinite(width) and width > 0):  # timm would build 0-channel layers (or divide by zero)
+            raise ModelError(f"ReXNet width must be a positive number, e.g. 1.0; got {width:g}")
         entry = published("rexnet", width)
         if entry is None:
             if pretrained:

@@ -6,13 +6,12 @@ Results are returned, never printed: `cli/evaluate.py` and `cli/predict.py` repo
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from ..config.settings import from_dict
+from ..core.console import log
 from ..core.errors import DataError, RunError, UsageError
 from .rundir import RunDir
-from ..core.files import read_json
 
 
 def load_run_model(run_dir: Path, checkpoint: str = "best", device: str = "cpu"):
@@ -23,13 +22,10 @@ def load_run_model(run_dir: Path, checkpoint: str = "best", device: str = "cpu")
     from ..models.build import build_backbone
 
     run = RunDir(Path(run_dir))
-    if not run.path.is_dir():
+    if not run.path.exists():
         raise RunError(f"run folder not found: {run.path}")
-    cfg = from_dict(run.stored_config(), f"{run.path}/config.yaml")
-    try:
-        env = read_json(run.file("env.json"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        raise RunError(f"{run.path} has no readable env.json; was the run started?") from None
+    cfg = run.settings()
+    env = run.env()
     classes = env["classes"]
     if checkpoint not in ("best", "last"):
         raise UsageError(f"--checkpoint must be best or last; got {checkpoint!r}")
@@ -45,20 +41,47 @@ def load_run_model(run_dir: Path, checkpoint: str = "best", device: str = "cpu")
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)["model"]
-        backbone.model.load_state_dict(state)
-    except Exception as e:
-        raise RunError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    except Exception as e:  # torn, truncated or foreign file
+        raise RunError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+    mismatch = state_dict_mismatch(backbone.model, state)
+    if mismatch:
+        raise RunError(f"{path} does not fit the run's model ({cfg.model} x{cfg.width:g}, {len(classes)} classes "
+                       f"in env.json): {mismatch}")
+    backbone.model.load_state_dict(state)
     data_config = {k: v for k, v in env["preprocessing"].items() if k in ("input_size", "interpolation", "mean", "std", "crop_pct")}
     dev = select_device(device)
     return backbone.model.to(dev).eval(), cfg, classes, data_config
 
 
+def state_dict_mismatch(model, state: dict) -> str | None:
+    """One line saying how `state` differs from `model`'s parameters and buffers (None if it fits)."""
+    if not isinstance(state, dict):
+        return f"not a state dict ({type(state).__name__})"
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and getattr(state[k], "shape", None) != own[k].shape]
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} with another shape (e.g. {k}: checkpoint {list(getattr(state[k], 'shape', []))}, "
+                     f"model {list(own[k].shape)})")
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    return "; ".join(parts) or None
+
+
 def evaluate_run(run_dir: Path, *, split: str, checkpoint: str, device: str) -> dict:
-    """Metrics of a run's checkpoint on one of its dataset's splits."""
+    """Metrics of a run's checkpoint on one of its dataset's splits, without the images the run's
+    pre-flight scan skipped (bad_files.csv) or that the same scan finds unusable now."""
     from ..data import get_splits
     from ..data.pipeline import Pipeline
+    from ..data.scan import scan_samples
     from .loop import autocast_for, evaluate
 
+    run = RunDir(Path(run_dir))
     model, cfg, classes, data_config = load_run_model(run_dir, checkpoint, device)
     splits = get_splits(cfg)
     if splits.classes != classes:
@@ -66,12 +89,22 @@ def evaluate_run(run_dir: Path, *, split: str, checkpoint: str, device: str) -> 
     choices = {"eval": splits.eval, "train": splits.train, **splits.extra}
     if split not in choices:
         raise UsageError(f"split {split!r} not available for this dataset; choose from {', '.join(choices)}")
+    samples = choices[split]
+    skipped = run.skipped()
+    scan = scan_samples(samples, policy="skip", workers=cfg.workers)  # cached per file: instant after training
+    usable = [i for i in scan.good if samples.key(i) not in skipped]
+    left_out = len(samples) - len(usable)
+    if left_out:
+        log(f"[yellow]{left_out} of {len(samples)} images left out (unusable, as in the run's pre-flight scan)[/]")
+    if not usable:
+        raise DataError(f"no usable images in the {split} split of {cfg.dataset}")
+    samples = samples.subset(usable)
     device_ = next(model.parameters()).device
     pipeline = Pipeline(cfg, data_config, device_)
     # the run's own precision: an evaluation reproduces the numbers training reported
-    metrics, _, speed = evaluate(model, pipeline, choices[split], len(classes), autocast_for(cfg, device_))
+    metrics, _, speed = evaluate(model, pipeline, samples, len(classes), autocast_for(cfg, device_))
     result = {"run": str(run_dir), "split": split if split != "eval" else splits.eval_split, "checkpoint": checkpoint,
-              "images": len(choices[split]), "headline_metric": splits.metric, **metrics, "img_per_s": speed}
+              "images": len(samples), "skipped": left_out, "headline_metric": splits.metric, **metrics, "img_per_s": speed}
     return result
 
 

@@ -11,7 +11,9 @@ Nothing here prints results: it returns a `RunResult` that the CLI reports.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,8 +22,8 @@ from typing import Any
 
 from ..config.settings import Config, from_dict
 from ..core.console import log
-from ..core.errors import DataError, Interrupted, RunError, TrainingError
-from .rundir import RunDir
+from ..core.errors import DataError, Interrupted, RunError, TrainingError, UsageError
+from .rundir import RunDir, check_name
 
 # Settings that may differ between a run and its resumption: they do not change the result.
 RESUME_FREE = {"device", "workers", "runs_dir", "log_every", "cache", "data_root", "source"}
@@ -48,12 +50,18 @@ class RunResult:
     already_complete: bool = False
 
 
-def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict | None = None,
-                 sets: list[str] | None = None, name: str | None = None, runs_dir: str | None = None,
-                 config_file: Path | None = None, resume: Path | None = None, dry_run: bool = False,
-                 complete_is_error: bool = False) -> RunResult:
+def run_finetune(*args, **kwargs) -> RunResult:
     """Train (or resume, or return at once when complete) and return the run folder."""
+    with contextlib.ExitStack() as held:  # the run folder's lock, released however this ends
+        return _run_finetune(*args, held=held, **kwargs)
+
+
+def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict | None = None,
+                  sets: list[str] | None = None, name: str | None = None, runs_dir: str | None = None,
+                  config_file: Path | None = None, resume: Path | None = None, dry_run: bool = False,
+                  complete_is_error: bool = False, held: contextlib.ExitStack) -> RunResult:
     from ..data import dataset_label, default_recipe_for, get_splits
+    from ..data.base import absolute_dataset, absolute_paths
 
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     if runs_dir:
@@ -64,16 +72,22 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
     loaded: dict[str, Any] = {}
 
     def count_train(data_cfg: Config) -> int:
-        loaded["splits"] = get_splits(data_cfg)
+        loaded["splits"] = get_splits(absolute_paths(data_cfg))
         return len(loaded["splits"].train)
 
+    if name is not None:
+        check_name(name)
     if resume is not None:
         if sets or config_file or recipe:
             raise RunError("--resume continues a run with its stored settings; drop --set/--config/--recipe")
         run = RunDir(Path(resume))
-        stored = from_dict(run.stored_config(), f"{run.path}/config.yaml")
+        stored = run.settings()
+        run.check_location()
+        if dataset and absolute_dataset(dataset) != absolute_dataset(stored.dataset):
+            raise UsageError(f"--resume continues {run.path} on its own dataset ({stored.dataset}); "
+                             f"drop {dataset!r}, or start a new run without --resume")
         given = flags
-        cfg = from_dict({**stored.to_dict(), **flags}, "flags")
+        cfg = from_dict({**stored.to_dict(), **flags}, "flags").validate()
     else:
         if not dataset:
             raise DataError("give a dataset name or folder, or --resume RUN_DIR")
@@ -83,16 +97,25 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
         cfg = resolve_run_config(dataset, recipe=recipe or default_recipe_for(dataset), model_hint=None,
                                  config_file=config_file, flags=flags, sets=sets or [], count_train=count_train,
                                  backbone_defaults=finetune_defaults)
+        cfg = absolute_paths(cfg)  # a folder's absolute path: evaluate and resume work from anywhere
         run = RunDir(Path(cfg.runs_dir) / dataset_label(cfg.dataset) / (name or RunDir.default_name(cfg.model, cfg.width)))
         given = _result_settings(cfg)
+        run.check_location()
+    from ..data.scan import check_cache_root
+
+    check_cache_root(required=cfg.cache)  # the pixel cache's folder, before any work
+    if not dry_run and os.environ.get("RANK", "0") == "0":  # rank 0 holds the run for all ranks
+        held.enter_context(run.lock())
     status = run.status()
     if status == "complete":
         if complete_is_error and not dry_run:
             raise RunError(f"run {run.path} is already complete; choose another --name or evaluate it with `rextransfer evaluate {run.path}`")
         return RunResult(run.path, summary=run.summary(), already_complete=True)
-    resuming = status in ("interrupted", "failed", "running") and run.last_ckpt.exists()
+    resuming = status in ("interrupted", "failed", "running") and run.resume_point() == "resume"
+    if resume is not None and not resuming:
+        log(f"{run.path} has no checkpoint yet: starting it from step 0")
     if resuming:  # only if nothing that shapes the result changed
-        _check_compatible(from_dict(run.stored_config(), "stored config"), given, run)
+        _check_compatible(absolute_paths(run.settings()), given, run)
 
     # 2. Weights must be reachable before anything imports huggingface_hub (it reads the offline
     #    flag once); this and the data checks run before torch is imported, so mistakes fail fast.
@@ -100,6 +123,8 @@ def run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict 
 
     weight_source = ensure_weights_available(cfg)
     splits = loaded.get("splits") or get_splits(cfg)
+    if resuming:
+        run.check_classes(splits.classes)  # before anything in the run folder is rewritten
 
     # 3. Processes and devices (torchrun sets WORLD_SIZE); one run folder for all ranks.
     from ..models import build as models
