@@ -21,7 +21,8 @@ from torchvision.transforms import InterpolationMode
 from rextransfer.config.settings import Config
 from rextransfer.core.errors import EnvironmentProblem
 from rextransfer.data.base import FileSamples
-from rextransfer.data.cache import MAX_ASPECT, Spec, open_or_build, square_pixels, whole_pixels
+from rextransfer.data.cache import open_or_build
+from rextransfer.data.rows import MAX_ASPECT, Spec, square_pixels, whole_pixels
 from rextransfer.data.pipeline import Pipeline
 
 DATA_CONFIG = {"input_size": (3, 224, 224), "interpolation": "bicubic",
@@ -95,7 +96,7 @@ def test_training_rows_are_whole_images_and_eval_rows_are_the_eval_squares(tmp_p
     firsts = cache.index[:, 0]
     assert firsts[0] == 0 and all(firsts[1:] == firsts[:-1] + 3 * cache.index[:-1, 1] * cache.index[:-1, 2])
     for i in range(len(paths)):
-        assert np.array_equal(cache.row(i), whole_pixels(photos.load(i), S, InterpolationMode.BICUBIC))
+        assert np.array_equal(cache.row(i), whole_pixels(np.asarray(photos.load(i)), S, InterpolationMode.BICUBIC))
     # the panorama keeps its centre: the middle 144 columns of the 36 x 360 resize
     from rextransfer.data.augment import resize_u8
 
@@ -115,7 +116,7 @@ def test_training_rows_decode_large_jpegs_at_reduced_scale(tmp_path):
     row = open_or_build(big, Spec(S, InterpolationMode.BICUBIC, True), workers=0, progress=False).row(0)
     square = open_or_build(big, Spec(S, InterpolationMode.BICUBIC, False), workers=0, progress=False).row(0)
     assert CountingSamples.drafts == [(S, S), None]
-    full = whole_pixels(big.load(0), S, InterpolationMode.BICUBIC)
+    full = whole_pixels(np.asarray(big.load(0)), S, InterpolationMode.BICUBIC)
     assert row.shape == full.shape == (36, 54, 3)
     assert np.abs(row.astype(int) - full).mean() < 3
     assert np.array_equal(square, square_pixels(big.load(0), S, InterpolationMode.BICUBIC))
@@ -253,3 +254,50 @@ def test_building_in_threads_leaves_the_trainers_torch_threads_alone(samples):
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2", "2"]
+
+
+def test_the_fast_jpeg_decoder_gives_pils_pixels_or_steps_aside(tmp_path):
+    """Plain JPEG files are decoded by libjpeg-turbo into numpy at PIL's draft scale: exactly
+    `open_rgb(draft)`'s pixels (baseline, progressive, 4:4:4, grey); CMYK, EXIF-rotated, damaged
+    and non-JPEG files are left to PIL (None)."""
+    from PIL import ImageOps
+
+    from rextransfer.data.images import open_rgb
+    from rextransfer.data.rows import decode_jpeg_file
+
+    pytest.importorskip("simplejpeg")
+    rng = np.random.default_rng(0)
+    pixels = photo(300, 420, rng)
+    cases = {"baseline": ({}, "RGB"), "progressive": ({"progressive": True}, "RGB"), "444": ({"subsampling": 0}, "RGB"),
+             "grey": ({}, "L")}
+    for name, (kw, mode) in cases.items():
+        path = tmp_path / f"{name}.jpg"
+        Image.fromarray(pixels).convert(mode).save(path, quality=90, **kw)
+        for size in (36, 100, 300):   # scales 1/8, 1/2 and 1
+            fast = decode_jpeg_file(path, size)
+            assert np.array_equal(fast, np.asarray(open_rgb(path, draft=(size, size)))), (name, size)
+    Image.fromarray(pixels).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6                                 # rotated 90 degrees
+    Image.fromarray(pixels).save(tmp_path / "turned.jpg", quality=90, exif=exif)
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "baseline.jpg").read_bytes()[:3000])
+    Image.fromarray(pixels).save(tmp_path / "png.jpg", format="PNG")
+    for name in ("cmyk", "turned", "cut", "png"):
+        assert decode_jpeg_file(tmp_path / f"{name}.jpg", 36) is None, name
+    assert ImageOps.exif_transpose(Image.open(tmp_path / "turned.jpg")).size == (300, 420)  # PIL turns it
+
+
+def test_plain_files_and_custom_loaders_give_the_same_training_rows(tmp_path):
+    """The fast decoder (plain files, also through subsets) and the PIL path (any other loader)
+    store the same rows, so which one ran never changes what a run trains on."""
+    rng = np.random.default_rng(2)
+    paths = write_photos(tmp_path / "mixed", [(int(h), int(w)) for h, w in rng.integers(40, 200, (10, 2))])
+    spec = Spec(S, InterpolationMode.BICUBIC, True)
+    plain = FileSamples(paths, list(range(10)), [str(i) for i in range(10)], "train").subset(range(1, 10))
+    custom = CountingSamples(paths, list(range(10)), [str(i) for i in range(10)], "train").subset(range(1, 10))
+    CountingSamples.loads = 0
+    a = open_or_build(plain, spec, workers=0, root=tmp_path / "a", progress=False)
+    b = open_or_build(custom, spec, workers=0, root=tmp_path / "b", progress=False)
+    assert CountingSamples.loads == 9
+    assert np.array_equal(a.index, b.index)
+    assert (a.path / "pixels.u8").read_bytes() == (b.path / "pixels.u8").read_bytes()

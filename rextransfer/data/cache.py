@@ -9,11 +9,14 @@ Two kinds of cache (`Spec.whole`), because training and evaluation need differen
   * training (whole): the whole image, aspect kept, shorter side to S = floor(img_size /
     crop_pct). RandomResizedCrop then samples its boxes over the whole image, exactly the
     distribution torchvision draws on the original. The long side is capped at MAX_ASPECT x S
-    (center crop): a 10:1 panorama cannot blow up the cache; the cost is that training on an image
-    wider (or taller) than 4:1 never sees the ends beyond that -- no photo of the four fine-grained
-    datasets is that wide. A row is S x L x 3 bytes (L <= 4 S: at most 4x the eval square; 1.3-1.5x
-    for typical 4:3-3:2 photos). JPEGs are decoded at reduced scale where S allows (DCT-domain
-    downscale by 2, 4 or 8, PIL `draft`) and resized with torch's antialiased uint8 kernel.
+    (rows.py; center crop): a 10:1 panorama cannot blow up the cache; the cost is that training
+    on an image wider (or taller) than 4:1 never sees the ends beyond that -- no photo of the four
+    fine-grained datasets is that wide. A row is S x L x 3 bytes (L <= 4 S: at most 4x the eval
+    square; 1.3-1.5x for typical 4:3-3:2 photos). JPEGs are decoded at reduced scale where S allows
+    (DCT-domain downscale by 2, 4 or 8) and resized with torch's antialiased uint8 kernel. The
+    other cost of a cache at S: a small crop is upsampled from S-scale pixels, where --no-cache
+    resamples it from the original (at S = 256 a 0.08-area crop of a 1000 x 700 photo has ~100 px
+    of detail across instead of ~280 before it is resized to 224).
   * evaluation (square): the center S x S square, the timm eval preprocessing (`square_pixels`,
     PIL, full decode), the very function the uncached eval path uses, so evaluating from the cache
     and from the files gives identical inputs.
@@ -31,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import inspect
 import json
 import os
 import shutil
@@ -39,85 +41,24 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from ..core.console import err
 from ..core.errors import DataError, EnvironmentProblem
-from .augment import resize_u8
 from .base import SampleSet
 from .images import ImageDecodeError
+from .rows import Spec, load_for
 
 FORMAT_VERSION = 2
-MAX_ASPECT = 4                # long side of a training row <= MAX_ASPECT x S (see above)
 _SPACE_MARGIN = 256 * 2**20   # leave this much free disk after the cache, bytes
-_TORCH_MODES = {InterpolationMode.BILINEAR: "bilinear", InterpolationMode.BICUBIC: "bicubic"}
-
-
-class Spec(NamedTuple):
-    """What a cache holds: S, the resize filter, and whole images (training) or squares (eval)."""
-
-    size: int
-    interpolation: InterpolationMode
-    whole: bool
-
-    def text(self) -> str:
-        return f"{self.size}|{self.interpolation.value}|{'whole' if self.whole else 'square'}"
 
 
 def cache_root() -> Path:
     env = os.environ.get("REXTRANSFER_CACHE")
     return Path(env).expanduser() if env else Path("~/.cache/rextransfer").expanduser()
-
-
-def square_pixels(img: Image.Image, size: int, interpolation: InterpolationMode) -> np.ndarray:
-    """Shorter side to `size` (antialiased, torchvision/timm rounding), center crop size x size.
-
-    The one function behind both the eval cache and the uncached eval path: uint8 [size, size, 3].
-    """
-    img = TF.resize(img, size, interpolation=interpolation)
-    img = TF.center_crop(img, [size, size])
-    return np.asarray(img, dtype=np.uint8)
-
-
-def shorter_side_to(height: int, width: int, size: int) -> tuple[int, int]:
-    """torchvision's Resize(size) output (height, width): shorter side `size`, the other truncated."""
-    if height <= width:
-        return size, int(size * width / height)
-    return int(size * height / width), size
-
-
-def whole_pixels(img: Image.Image, size: int, interpolation: InterpolationMode) -> np.ndarray:
-    """The training row: shorter side to `size`, aspect kept, long side center-cropped to
-    MAX_ASPECT x size. uint8 [h, w, 3], min(h, w) == size."""
-    height, width = shorter_side_to(img.height, img.width, size)
-    mode = _TORCH_MODES.get(interpolation)
-    if mode is None:  # nearest, box, hamming, lanczos: only PIL has them
-        x = np.asarray(img.resize((width, height), TF.pil_modes_mapping[interpolation]), dtype=np.uint8)
-    else:  # torch's AVX2 uint8 kernel: 4-5x faster than PIL's (measured, 500x375 -> 341x256 bicubic)
-        src = torch.from_numpy(np.asarray(img, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
-        x = resize_u8(src, (height, width), mode)[0].permute(1, 2, 0).numpy()
-    cap = MAX_ASPECT * size
-    top, left = max(0, (height - cap) // 2), max(0, (width - cap) // 2)
-    return np.ascontiguousarray(x[top: top + cap, left: left + cap])
-
-
-def load_for(samples: SampleSet, i: int, spec: Spec) -> np.ndarray:
-    """Sample i as the cache stores it (raises ImageDecodeError)."""
-    if not spec.whole:
-        return square_pixels(samples.load(i), spec.size, spec.interpolation)
-    # DCT-domain downscale while decoding: PIL keeps the shorter side >= S (scale 1/2, 1/4, 1/8)
-    draft = {"draft": (spec.size, spec.size)} if _takes_draft(samples) else {}
-    return whole_pixels(samples.load(i, **draft), spec.size, spec.interpolation)
-
-
-def _takes_draft(samples: SampleSet) -> bool:
-    return "draft" in inspect.signature(samples.load).parameters
 
 
 class LoadFailure(str):

@@ -46,7 +46,8 @@ from ..config.settings import Config
 from ..core.errors import DataError
 from .augment import CENTER, Finisher, center_box, interpolation_mode, sample_crops, step_draws
 from .base import SampleSet
-from .cache import PixelCache, Spec, check_batch, load_failure, open_or_build, square_pixels, threaded
+from .cache import PixelCache, check_batch, load_failure, open_or_build, threaded
+from .rows import Spec, square_pixels
 from .images import ImageDecodeError
 
 EVAL_BATCH_CAP = 256         # eval batch = 2 x micro-batch, at most this many images
