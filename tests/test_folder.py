@@ -124,3 +124,39 @@ def test_unicode_and_uppercase_names(tmp_path):
     full = splits.extra["train_full"]
     assert len(full) == 9
     assert all(full.load(i).mode == "RGB" for i in range(len(full)))
+
+
+def test_symlink_loops_count_each_image_once_with_its_own_label(tmp_path):
+    import os
+
+    class_tree(tmp_path, {"blue": 6, "green": 6, "red": 6})
+    os.symlink("..", tmp_path / "red" / "up")                     # the dataset again, inside red
+    os.symlink(".", tmp_path / "green" / "self")                  # a loop
+    os.symlink("../blue", tmp_path / "green" / "blues")           # another class's folder
+    os.symlink("../blue/0.jpg", tmp_path / "red" / "linked.jpg")  # another class's image
+    os.symlink("itself", tmp_path / "red" / "itself")             # a link to itself (ELOOP)
+    splits = load_folder(tmp_path, val_fraction=0.34, seed=1)
+    full = splits.extra["train_full"]
+    assert (len(full), full.class_counts()) == (18, [6, 6, 6])
+    for i in range(len(full)):  # every image labelled by the folder the file itself is in
+        assert Path(os.path.realpath(full.key(i))).parent.name == full.classes[full.labels[i]]
+    real = lambda s: [os.path.realpath(s.key(i)) for i in range(len(s))]
+    assert len(set(real(full))) == 18
+    assert not set(real(splits.train)) & set(real(splits.eval))
+    assert splits.notes["repeated_images_skipped"] == 1
+
+
+def test_a_val_class_that_links_to_the_train_class_is_an_error_not_a_leak(tmp_path):
+    import os
+
+    class_tree(tmp_path / "train", {"a": 3, "b": 3})
+    class_tree(tmp_path / "val", {"b": 1})
+    os.symlink("../train/a", tmp_path / "val" / "a")
+    with pytest.raises(DataError, match=r"val/a has no images of its own"):
+        load_folder(tmp_path)
+
+
+def test_underscore_names_are_classes_and_only_dot_names_and_zip_leftovers_are_ignored(tmp_path):
+    class_tree(tmp_path, {"__x": 2, "_y": 2, "z": 2, "__MACOSX": 2, ".git": 2})
+    (tmp_path / "z" / "Thumbs.db").write_bytes(b"\0")
+    assert load_folder(tmp_path, val_fraction=0.5).classes == ["__x", "_y", "z"]

@@ -315,10 +315,11 @@ def _prune_superseded(base: Path, key: str, expect: dict) -> None:
 
 
 def _size(n: int) -> str:
-    """Bytes for people: 3 significant digits in the largest unit that is at least 1 (never "0.0 GiB")."""
+    """Bytes for people, in the largest unit that is at least 1 (never "0.0 GiB"): 1.5 GiB, 1020 KiB."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= scale:
-            return f"{n / scale:.3g} {unit}"
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
     return f"{n} bytes"
 
 

@@ -16,11 +16,6 @@ from .rundir import RunDir
 
 def load_run_model(run_dir: Path, checkpoint: str = "best", device: str = "cpu"):
     """(model in eval mode on device, cfg, classes, data_config) of a run folder."""
-    import torch
-
-    from .distributed import select_device
-    from ..models.build import build_backbone
-
     run = RunDir(Path(run_dir))
     if not run.path.exists():
         raise RunError(f"run folder not found: {run.path}")
@@ -32,6 +27,11 @@ def load_run_model(run_dir: Path, checkpoint: str = "best", device: str = "cpu")
     path = run.best_ckpt if checkpoint == "best" else run.last_ckpt
     if not path.exists():
         raise RunError(f"{path} not found; the run has not evaluated yet (try --checkpoint last)")
+    import torch  # after the checks: a damaged run folder is refused at once
+
+    from .distributed import select_device
+    from ..models.build import build_backbone
+
     cfg = from_dict({**cfg.to_dict(), "pretrained": False, "weights_file": ""}, "run")
     backbone = build_backbone(cfg, num_classes=len(classes))
     try:
@@ -76,13 +76,13 @@ def state_dict_mismatch(model, state: dict) -> str | None:
 def evaluate_run(run_dir: Path, *, split: str, checkpoint: str, device: str) -> dict:
     """Metrics of a run's checkpoint on one of its dataset's splits, without the images the run's
     pre-flight scan skipped (bad_files.csv) or that the same scan finds unusable now."""
+    run = RunDir(Path(run_dir))
+    model, cfg, classes, data_config = load_run_model(run_dir, checkpoint, device)
     from ..data import get_splits
     from ..data.pipeline import Pipeline
     from ..data.scan import scan_samples
     from .loop import autocast_for, evaluate
 
-    run = RunDir(Path(run_dir))
-    model, cfg, classes, data_config = load_run_model(run_dir, checkpoint, device)
     splits = get_splits(cfg)
     if splits.classes != classes:
         raise DataError("the dataset's classes no longer match the run's (data changed since training)")
