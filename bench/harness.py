@@ -40,9 +40,10 @@ class MemoryPipeline:
 
 
 def train_in_memory(model, batches: list, *, head: set[str], num_classes: int, steps_per_epoch: int, epochs: int,
-                    device, settings: dict[str, Any]) -> tuple[list[dict], float]:
-    """(the run's epoch records, wall seconds of the train() call). Evaluation runs once, at the
-    end, on one batch; every epoch ends with a checkpoint in a temporary run folder."""
+                    device, settings: dict[str, Any]) -> tuple[list[dict], float, float]:
+    """(the run's epoch records, wall and process CPU seconds of the train() call). Evaluation
+    runs once, at the end, on one batch; every epoch ends with a checkpoint in a temporary run
+    folder."""
     from rextransfer.config.settings import Config
     from rextransfer.data.base import DataSplits, SampleSet
     from rextransfer.train.distributed import Dist
@@ -59,11 +60,11 @@ def train_in_memory(model, batches: list, *, head: set[str], num_classes: int, s
     with tempfile.TemporaryDirectory(prefix="rextransfer-bench-run-") as tmp:
         run = RunDir(Path(tmp) / "run")
         run.create()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         train(cfg, run, splits, model, head, pipeline, device, Dist())
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         records = run.metrics()
-    return records, wall
+    return records, wall, cpu
 
 
 def head_names(model) -> set[str]:

@@ -17,6 +17,7 @@ from synthetic import make_patterns
 
 DATA_CONFIG = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop_pct": 0.875, "interpolation": "bilinear"}
 CLASSES = 4
+METRICS = ("top1", "top5", "mean_class_acc", "loss")
 
 
 def free_port() -> int:
@@ -129,6 +130,13 @@ def test_torchrun_two_nodes_rendezvous_train_one_run_folder(data, tmp_path):
     for name in ("config.yaml", "per_class.csv", "confusion.csv", "curves.png", "confusion.png",
                  "checkpoints/last.pt", "checkpoints/best.safetensors"):
         assert (run / name).is_file(), name
+    # the evaluation sharded over the two nodes is, bit for bit, one process evaluating the best weights
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    evaluated = subprocess.run([sys.executable, "-m", "rextransfer.cli", "evaluate", str(run), "--checkpoint", "best",
+                                "--json"], capture_output=True, text=True, timeout=300, env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    one = json.loads(evaluated.stdout)
+    assert {k: one[k] for k in METRICS} == {k: summary["best"][k] for k in METRICS}
     for node in range(2):  # each node built the train and eval caches on its own disk
         built = list((tmp_path / f"node{node}-cache" / "pixels").glob("*/meta.json"))
         assert sorted(json.loads(m.read_text())["split"] for m in built) == ["test", "train"], node

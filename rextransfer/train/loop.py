@@ -128,6 +128,8 @@ def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_n
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
                       label_smoothing=cfg.label_smoothing, num_classes=len(splits.classes))
         loss_fn = SoftTargetCrossEntropy()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: cuDNN times its kernels once, keeps the fastest
     train_model: nn.Module = torch.compile(model) if cfg.compile else model
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
