@@ -32,7 +32,7 @@ def data(tmp_path_factory):
     return make_patterns(tmp_path_factory.mktemp("dist"), per_class=4, test_per_class=5)
 
 
-def evaluate_checkpoint(checkpoint: str, data: str, rank: int, world: int, cache: bool) -> dict:
+def evaluate_checkpoint(checkpoint: str, data: str, rank: int, world: int, cache: bool, first: int = 0) -> dict:
     import timm
 
     from rextransfer.config.settings import Config
@@ -46,9 +46,18 @@ def evaluate_checkpoint(checkpoint: str, data: str, rank: int, world: int, cache
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
     pipeline = Pipeline(cfg, DATA_CONFIG, torch.device("cpu"), rank=rank, world=world)
     samples = load_folder(Path(data)).eval
+    if first:  # only the first `first` images
+        samples = samples.subset(range(first))
     metrics, confusion, _ = evaluate(model, pipeline, samples, CLASSES, autocast_for(cfg, torch.device("cpu")),
                                      Dist(rank=rank, world=world))
     return {"metrics": metrics, "confusion": confusion.tolist()}
+
+
+def all_cases(checkpoint: str, data: str, rank: int, world: int) -> dict:
+    """From the pixel cache, from the files, and a split of one batch (rank 1 of 2 gets none of it)."""
+    return {"cached": evaluate_checkpoint(checkpoint, data, rank, world, cache=True),
+            "files": evaluate_checkpoint(checkpoint, data, rank, world, cache=False),
+            "one batch": evaluate_checkpoint(checkpoint, data, rank, world, cache=False, first=5)}
 
 
 def _rank_main(rank: int, world: int, port: int, checkpoint: str, data: str, out: str) -> None:
@@ -57,7 +66,7 @@ def _rank_main(rank: int, world: int, port: int, checkpoint: str, data: str, out
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        results = {str(cache): evaluate_checkpoint(checkpoint, data, rank, world, cache) for cache in (True, False)}
+        results = all_cases(checkpoint, data, rank, world)
     finally:
         tdist.destroy_process_group()
     Path(out, f"rank{rank}.json").write_text(json.dumps(results))
@@ -84,18 +93,17 @@ def test_sharded_evaluation_on_two_processes_equals_one_process(data, tmp_path):
     checkpoint = str(tmp_path / "model.pt")
     torch.save(timm.create_model("rexnet_100", num_classes=CLASSES).state_dict(), checkpoint)
     try:
-        single = {str(cache): evaluate_checkpoint(checkpoint, str(data), 0, 1, cache) for cache in (True, False)}
+        single = all_cases(checkpoint, str(data), 0, 1)
     finally:
         torch.set_num_threads(threads)
 
     mp.spawn(_rank_main, args=(2, free_port(), checkpoint, str(data), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    for cache in ("True", "False"):
-        one = single[cache]
-        assert sum(map(sum, one["confusion"])) == 20
+    for case, one in single.items():
+        assert sum(map(sum, one["confusion"])) == (5 if case == "one batch" else 20)
         for r in range(2):  # every rank holds the whole split's numbers, bit for bit
-            assert ranks[r][cache]["confusion"] == one["confusion"], (cache, r)
-            assert ranks[r][cache]["metrics"] == one["metrics"], (cache, r)
+            assert ranks[r][case]["confusion"] == one["confusion"], (case, r)
+            assert ranks[r][case]["metrics"] == one["metrics"], (case, r)
 
 
 def _sets(*extra: str) -> list[str]:

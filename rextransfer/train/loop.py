@@ -66,7 +66,7 @@ def evaluate(model: nn.Module, pipeline: Any, samples: Any, num_classes: int, au
     dist = dist or Dist()
     was_training = model.training
     model.eval()
-    acc = Accumulator(num_classes)
+    acc = Accumulator(num_classes, device=next(model.parameters()).device)
     start = time.perf_counter()
     n, eb = len(samples), pipeline.eval_batch()
     first, last = shard(math.ceil(n / eb), dist.rank, dist.world)

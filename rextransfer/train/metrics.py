@@ -22,14 +22,15 @@ import torch.nn.functional as F
 @dataclass
 class Accumulator:
     num_classes: int
-    confusion: torch.Tensor = field(init=False)      # [true, predicted] counts, on the logits' device
-    top5: torch.Tensor = field(init=False)           # top-5 hits (0-d int64), on the logits' device
+    device: torch.device | str = "cpu"               # where the counts live (a rank with no batch all-reduces them too)
+    confusion: torch.Tensor = field(init=False)      # [true, predicted] counts, flat, on `device`
+    top5: torch.Tensor = field(init=False)           # top-5 hits (0-d int64), on `device`
     batch_losses: list = field(default_factory=list)  # per-batch summed loss (float32 tensors)
     count: int = 0                                   # images seen (a shape: known without a sync)
 
     def __post_init__(self) -> None:
-        self.confusion = torch.zeros(self.num_classes * self.num_classes, dtype=torch.int64)
-        self.top5 = torch.zeros((), dtype=torch.int64)
+        self.confusion = torch.zeros(self.num_classes * self.num_classes, dtype=torch.int64, device=self.device)
+        self.top5 = torch.zeros((), dtype=torch.int64, device=self.device)
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
