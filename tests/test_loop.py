@@ -152,3 +152,33 @@ def test_torch_compile_trains(data, tmp_path):
     assert summary["status"] == "complete" and last["state"]["step"] == 2
     assert not any(k.startswith("_orig_mod") for k in last["model"])  # saved from the plain module
     assert not torch.equal(start["stem.bn.running_mean"], last["model"]["stem.bn.running_mean"])
+
+
+@pytest.mark.slow  # a CLI run of 2 epochs x 8 steps on 2 shared cores: ~40-70 s
+def test_non_finite_loss_stops_within_log_every_steps_and_keeps_the_finite_checkpoint(data, tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    # lr x 1e30 from the middle of training (step 9 of 16): the loss diverges early in epoch 2
+    settings = ["model=rexnet", "pretrained=false", "img_size=32", "batch_size=4", "workers=0", "epochs=2",
+                "optimizer=sgd", "lr=0.05", "seed=3", "schedule=step", "step_milestones=[0.5]", "step_gamma=1e30",
+                "log_every=3"]
+    result = subprocess.run([sys.executable, "-m", "rextransfer.cli", "finetune", str(data), "--runs-dir",
+                             str(tmp_path / "runs"), "--name", "nan", *[a for s in settings for a in ("--set", s)]],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 6, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    found = re.search(r"loss became (nan|inf) at step (\d+) \(checked steps (\d+)-(\d+)\).*last good checkpoint", errors[0])
+    assert found, errors[0]
+    step, first, last = map(int, found.groups()[1:])
+    # losses are read every 3 steps (9, 12, ...): the bad step is named, found by the read after it
+    assert (first, last) == (10, 12) and first <= step <= last
+    run = tmp_path / "runs" / data.name / "nan"
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["state"]["step"] == 8  # the end of epoch 1: the last step whose loss was read finite
+    assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
+    best = load_file(str(run / "checkpoints" / "best.safetensors"))
+    assert all(torch.isfinite(t).all() for t in best.values() if t.is_floating_point())

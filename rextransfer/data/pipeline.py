@@ -50,7 +50,7 @@ from .cache import PixelCache, check_batch, load_failure, open_or_build, threade
 from .rows import Spec, square_pixels
 from .images import ImageDecodeError
 
-EVAL_BATCH_CAP = 256         # eval batch = 2 x micro-batch, at most this many images
+EVAL_BATCH_CAP = 256         # eval batch = 2 x one-process micro-batch, at most this many images
 
 
 def resolve_workers(workers: int) -> int:
@@ -238,7 +238,9 @@ class Pipeline:
         return max(1, n // self.cfg.batch_size)
 
     def eval_batch(self) -> int:
-        return min(2 * self.micro_batch(), EVAL_BATCH_CAP)
+        """The same on any number of ranks (2 x the one-process micro-batch): a rank's shard of an
+        evaluation is then made of exactly the batches one process evaluates."""
+        return min(2 * self.cfg.micro_batch(1), EVAL_BATCH_CAP)
 
     # -- order ---------------------------------------------------------------------------------------
     def epoch_order(self, n: int, epoch: int) -> list[int]:
@@ -291,10 +293,12 @@ class Pipeline:
 
         return self._run(self._cache_batches(cache), jobs_of_steps())
 
-    def eval_batches(self, samples: SampleSet) -> Iterator[tuple[Tensor, Tensor]]:
-        """All samples in order: shorter side to S, center crop S, center crop img_size; normalised."""
-        n, eb = len(samples), self.eval_batch()
-        spans = [(a, min(n, a + eb)) for a in range(0, n, eb)]
+    def eval_batches(self, samples: SampleSet, start: int = 0, stop: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Samples start..stop (default: all) in order: shorter side to S, center crop S, center crop
+        img_size; normalised. Batches are eval_batch() samples counted from `start` (a shard of an
+        evaluation split across ranks starts at a multiple of it, so its batches are the same)."""
+        n, eb = len(samples) if stop is None else stop, self.eval_batch()
+        spans = [(a, min(n, a + eb)) for a in range(start, n, eb)]
         if not self.cfg.cache:
             jobs = [("eval", list(range(a, b))) for a, b in spans]
             dataset = _FileBatches(samples, self.img_size, self.resize, self.interpolation, self.scale,

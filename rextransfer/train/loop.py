@@ -6,6 +6,12 @@ optim.py, the resumable state in state.py. Exactness contract: a run interrupted
 step boundary and resumed ends with bit-identical weights and metrics on CPU, because
   * data order and augmentation are pure functions of (seed, epoch, step) (see pipeline.py),
   * everything else random (dropout, mixup, head init) uses the global RNGs, saved in last.pt.
+
+No host-device sync in the step loop except where a value is needed: a step's losses stay on the
+device, and `read_losses` reads them every `log_every` steps and at the end of an epoch (the
+progress bar is updated then), adds them to the epoch's sum in step order (so the sums do not
+depend on log_every), and stops every rank at the first non-finite one, before anything is saved.
+Under DDP the same read also tells every rank whether any rank got Ctrl-C/SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from ..config.settings import Config
 from ..core.console import log
 from ..core.errors import Interrupted, TrainingError
 from ..data.base import DataSplits
-from .distributed import Dist
+from .distributed import Dist, broadcast_state, shard
 from .metrics import Accumulator
 from .optim import apply_bn_momentum, lr_factor, make_optimizer, set_backbone_trainable
 from .rundir import RunDir
@@ -50,19 +56,29 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, pipeline: Any, samples: Any, num_classes: int, autocast: Any) -> tuple[dict, torch.Tensor, float]:
-    """Metrics, confusion matrix and images/s of `model` on a split."""
+def evaluate(model: nn.Module, pipeline: Any, samples: Any, num_classes: int, autocast: Any,
+             dist: Dist | None = None) -> tuple[dict, torch.Tensor, float]:
+    """Metrics, confusion matrix and images/s of `model` on a split.
+
+    With several processes (`dist`), each one evaluates a contiguous block of the split's eval
+    batches -- the very batches one process would see -- and the counts are all-reduced, so every
+    rank returns exactly the single-process numbers. Nothing is read from the device per batch."""
+    dist = dist or Dist()
     was_training = model.training
     model.eval()
-    acc = Accumulator(num_classes)
+    acc = Accumulator(num_classes, device=next(model.parameters()).device)
     start = time.perf_counter()
-    for images, labels in pipeline.eval_batches(samples):
+    n, eb = len(samples), pipeline.eval_batch()
+    first, last = shard(math.ceil(n / eb), dist.rank, dist.world)
+    for images, labels in pipeline.eval_batches(samples, start=first * eb, stop=min(n, last * eb)):
         with autocast():
             logits = model(images)
         acc.update(logits, labels)
+    acc.all_reduce(dist.world)
+    metrics = acc.result()  # reads the counts: the device has finished
     seconds = time.perf_counter() - start
     model.train(was_training)
-    return acc.result(), acc.confusion, acc.count / max(seconds, 1e-9)
+    return metrics, acc.confusion_matrix(), acc.count / max(seconds, 1e-9)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,6 +128,8 @@ def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_n
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
                       label_smoothing=cfg.label_smoothing, num_classes=len(splits.classes))
         loss_fn = SoftTargetCrossEntropy()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: cuDNN times its kernels once, keeps the fastest
     train_model: nn.Module = torch.compile(model) if cfg.compile else model
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -136,7 +154,12 @@ def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_n
             log(f"resuming at epoch {state.epoch + 1}, step {state.step}/{total_steps}")
     wall_before, wall_start = state.wall_time_s, time.perf_counter()
 
+    saved_at = state.step
+
     def save_last() -> None:
+        nonlocal saved_at
+        _check_finite_weights(t, state, saved_at)
+        saved_at = state.step
         if dist.main:
             state.wall_time_s = wall_before + time.perf_counter() - wall_start
             run.save_last({"state": state.to_dict(), "model": unwrap(model).state_dict(),
@@ -148,6 +171,7 @@ def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_n
     from ..core.progress import TrainProgress
 
     stopped_early = False
+    pending: list = []  # the micro-batch losses (on the device) of steps not read yet
     with StopSignal() as stop, TrainProgress(total_steps, enabled=dist.main) as bar:
         bar.advance_to(state.step)
         while state.step < total_steps and not stopped_early:
@@ -157,10 +181,15 @@ def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_n
             batches = iter(pipeline.train_batches(splits.train, state.epoch, start_step=state.step_in_epoch))
             tick = time.perf_counter()
             while state.step_in_epoch < steps_per_epoch and state.step < total_steps:
-                step_loss, lr = train_step(t, state, batches)
-                bar.update(state.step, loss=step_loss, lr=lr,
+                losses, lr = train_step(t, state, batches)
+                pending.append(losses)
+                epoch_done = state.step_in_epoch == steps_per_epoch or state.step == total_steps
+                if not (state.step % cfg.log_every == 0 or epoch_done or (dist.world == 1 and stop.received)):
+                    continue  # nothing is read from the device between reads
+                mean_loss, stopping = read_losses(t, state, pending, stop)
+                bar.update(state.step, loss=mean_loss, lr=lr,
                            img_s=state.epoch_acc["seen"] / max(1e-9, state.epoch_acc["train_s"] + time.perf_counter() - tick))
-                if stop.received or _any_rank_stopped(stop, dist):
+                if stopping:
                     state.epoch_acc["train_s"] += time.perf_counter() - tick
                     save_last()
                     raise Interrupted(
@@ -171,20 +200,19 @@ def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_n
             save_last()  # first the checkpoint (it holds the record), then the log line
             if dist.main:
                 run.append_metrics(state.history[-1])
-            if dist.world > 1:
-                stopped_early = _broadcast_flag(stopped_early)
     return {"last_eval": state.last_eval, "best": state.best, "steps": state.step, "epochs": state.epoch,
             "total_steps": total_steps, "stopped_early": stopped_early,
             "wall_time_s": wall_before + time.perf_counter() - wall_start}
 
 
-def train_step(t: Trainer, state: TrainState, batches) -> tuple[float, float]:
-    """One optimizer step over `grad_accum` micro-batches; returns (loss, lr) of the step."""
+def train_step(t: Trainer, state: TrainState, batches) -> tuple[list[torch.Tensor], float]:
+    """One optimizer step over `grad_accum` micro-batches; returns (the micro-batch losses, still on
+    the device, and the lr) of the step. Nothing here waits for the device."""
     cfg = t.cfg
     factor = lr_factor(state.step, t.total_steps, cfg)
     for group in t.optimizer.param_groups:
         group["lr"] = cfg.lr * group["lr_scale"] * factor
-    step_loss = 0.0
+    losses = []
     for micro in range(cfg.grad_accum):
         wait = time.perf_counter()
         images, labels = next(batches)
@@ -196,12 +224,8 @@ def train_step(t: Trainer, state: TrainState, batches) -> tuple[float, float]:
         with (contextlib.nullcontext() if sync else t.train_model.no_sync()), t.autocast():
             loss = t.loss_fn(t.train_model(images).float(), targets)
         (loss / cfg.grad_accum).backward()
-        step_loss += loss.item() / cfg.grad_accum
+        losses.append(loss.detach())
         state.epoch_acc["seen"] += labels.shape[0] * t.dist.world
-    if not math.isfinite(step_loss):
-        raise TrainingError(
-            f"loss became {step_loss} at step {state.step + 1}; stopped without saving it — "
-            f"the last good checkpoint is {t.run.last_ckpt}; try a lower --lr (now {cfg.lr:g})")
     if cfg.clip_grad:
         torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.clip_grad)
     t.optimizer.step()
@@ -210,12 +234,43 @@ def train_step(t: Trainer, state: TrainState, batches) -> tuple[float, float]:
         t.ema.update(t.model, step=state.step)
     state.step += 1
     state.step_in_epoch += 1
-    state.epoch_acc["loss_sum"] += step_loss
-    return step_loss, cfg.lr * factor
+    return losses, cfg.lr * factor
+
+
+def read_losses(t: Trainer, state: TrainState, pending: list, stop: StopSignal) -> tuple[float, bool]:
+    """Read the losses of the steps since the last read (the loop's one wait for the device), add
+    them to the epoch's sum, and return (their mean, whether any rank got a stop signal).
+
+    A non-finite loss stops every rank with a one-line error naming the step, before anything is
+    saved: the checkpoint on disk is the last one whose losses were all finite."""
+    cfg = t.cfg
+    first = state.step - len(pending) + 1
+    values = torch.stack([loss for step in pending for loss in step]).tolist() if pending else []
+    pending.clear()
+    step_losses = []
+    for k in range(0, len(values), cfg.grad_accum):
+        step_loss = 0.0
+        for v in values[k:k + cfg.grad_accum]:  # summed in this order, as one step always was
+            step_loss += v / cfg.grad_accum
+        step_losses.append(step_loss)
+    bad = next((first + i for i, v in enumerate(step_losses) if not math.isfinite(v)), 0)
+    stopping = stop.received is not None
+    if t.dist.world > 1:
+        bad, stopping = _agree(bad, stopping)
+    if bad:
+        value = step_losses[bad - first] if bad - first < len(step_losses) else float("nan")
+        value_text = f"{value}" if not math.isfinite(value) else "non-finite on another rank"
+        raise TrainingError(
+            f"loss became {value_text} at step {bad} (checked steps {first}-{state.step}); stopped without saving "
+            f"it — {_last_good(t)}; try a lower --lr (now {cfg.lr:g})")
+    for v in step_losses:
+        state.epoch_acc["loss_sum"] += v
+    return (sum(step_losses) / len(step_losses) if step_losses else float("nan")), stopping
 
 
 def end_of_epoch(t: Trainer, state: TrainState, probing: bool, bar) -> bool:
-    """Record the epoch, evaluate (rank 0) when due, keep the best weights; True = stop early."""
+    """Record the epoch, evaluate (sharded over all ranks) when due, keep the best weights (rank 0
+    writes them); True = stop early."""
     cfg, acc = t.cfg, state.epoch_acc
     state.epoch += 1
     state.step_in_epoch = 0
@@ -226,24 +281,28 @@ def end_of_epoch(t: Trainer, state: TrainState, probing: bool, bar) -> bool:
               "probe": probing}
     state.epoch_acc = new_epoch_acc()
     stop = False
-    if t.dist.main and (state.epoch % cfg.eval_every == 0 or state.step >= t.total_steps):
+    if state.epoch % cfg.eval_every == 0 or state.step >= t.total_steps:
         headline = t.splits.metric
         eval_model = t.ema.module if t.ema is not None else t.model
-        metrics, confusion, eval_speed = evaluate(eval_model, t.pipeline, t.splits.eval, len(t.splits.classes), t.autocast)
+        if t.dist.world > 1:  # every rank evaluates rank 0's weights (BN stats and EMA may differ per rank)
+            broadcast_state(eval_model)
+        metrics, confusion, eval_speed = evaluate(eval_model, t.pipeline, t.splits.eval, len(t.splits.classes),
+                                                  t.autocast, t.dist)
         state.last_eval = {**metrics, "epoch": state.epoch, "step": state.step, "eval_img_per_s": eval_speed,
                            "confusion": confusion}
         record.update({f"eval_{k}": v for k, v in metrics.items()}, eval_img_per_s=eval_speed)
         if not state.best or metrics[headline] > state.best[headline]:
             state.best = {**metrics, "epoch": state.epoch, "step": state.step}
             state.bad_evals = 0
-            t.run.save_best(unwrap(eval_model).state_dict(), {
-                "epoch": str(state.epoch), "step": str(state.step), "model": cfg.model, "width": str(cfg.width),
-                "num_classes": str(len(t.splits.classes))})
+            if t.dist.main:
+                t.run.save_best(unwrap(eval_model).state_dict(), {
+                    "epoch": str(state.epoch), "step": str(state.step), "model": cfg.model, "width": str(cfg.width),
+                    "num_classes": str(len(t.splits.classes))})
         else:
             state.bad_evals += 1
         epochs = math.ceil(t.total_steps / t.steps_per_epoch)
         bar.note(f"epoch {state.epoch}/{epochs}  {headline} {metrics[headline]:.2f}  loss {metrics['loss']:.3f}")
-        stop = bool(cfg.early_stop) and state.bad_evals >= cfg.early_stop
+        stop = bool(cfg.early_stop) and state.bad_evals >= cfg.early_stop  # the same on every rank
     state.history.append(record)
     return stop
 
@@ -258,16 +317,30 @@ class _CrossEntropy:
         return F.cross_entropy(logits, targets, label_smoothing=self.smoothing)
 
 
-def _any_rank_stopped(stop: StopSignal, dist: Dist) -> bool:
-    """Under DDP every rank must stop at the same step, or the others hang in all-reduce."""
-    if dist.world == 1:
-        return False
-    return _broadcast_flag(stop.received is not None, op="max")
-
-
-def _broadcast_flag(flag: bool, op: str = "max") -> bool:
+def _agree(bad: int, stopping: bool) -> tuple[int, bool]:
+    """(the first non-finite step on any rank or 0, whether any rank got a stop signal): one
+    all-reduce, at the same step on every rank, so all of them stop together."""
     import torch.distributed as tdist
 
-    t = torch.tensor([1.0 if flag else 0.0], device="cuda" if tdist.get_backend() == "nccl" else "cpu")
-    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-    return bool(t.item())
+    device = "cuda" if tdist.get_backend() == "nccl" else "cpu"
+    flags = torch.tensor([-float(bad) if bad else -math.inf, 1.0 if stopping else 0.0], dtype=torch.float64, device=device)
+    tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
+    first_bad, any_stop = flags.tolist()
+    return (int(-first_bad) if math.isfinite(first_bad) else 0), any_stop > 0
+
+
+def _check_finite_weights(t: Trainer, state: TrainState, saved_at: int) -> None:
+    """The last step's update is not covered by any loss: never save weights it made non-finite.
+    (One read per checkpoint; every rank holds the same weights, so all of them stop together.)"""
+    modules = [t.model] + ([t.ema.module] if t.ema is not None else [])
+    tensors = [v for m in modules for v in m.state_dict().values() if v.is_floating_point()]
+    if tensors and not bool(torch.stack([v.isfinite().all() for v in tensors]).all()):
+        raise TrainingError(
+            f"the weights became non-finite during steps {saved_at + 1}-{state.step} (the losses were finite); "
+            f"stopped without saving them — {_last_good(t)}; try a lower --lr (now {t.cfg.lr:g})")
+
+
+def _last_good(t: Trainer) -> str:
+    if t.run.last_ckpt.exists():
+        return f"the last good checkpoint is {t.run.last_ckpt}"
+    return "there is no last good checkpoint yet (no epoch had finished)"

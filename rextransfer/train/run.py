@@ -128,15 +128,18 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
 
     # 3. Processes and devices (torchrun sets WORLD_SIZE); one run folder for all ranks.
     from ..models import build as models
-    from .distributed import broadcast_object, init_distributed, seed_everything
+    from .distributed import broadcast_object, init_distributed, local_rank_zero_first, same_on_all_ranks, seed_everything
 
     dist, device = init_distributed(cfg)
     run = RunDir(broadcast_object(run.path, dist))  # rank 0's name (it carries a timestamp)
+    same_on_all_ranks(resuming, dist, f"whether {run.path} holds a checkpoint to resume")
 
     # 4. Pre-flight scan: unreadable images are skipped (listed in bad_files.csv) or fail the run.
     from ..data.scan import scan_samples
 
-    scans = {name_: scan_samples(getattr(splits, name_), policy=cfg.bad_files) for name_ in ("train", "eval")}
+    #    Local rank 0 of each node first: the others then read its results from the node's scan cache.
+    scans = local_rank_zero_first(dist, lambda: {name_: scan_samples(getattr(splits, name_), policy=cfg.bad_files)
+                                                 for name_ in ("train", "eval")}, "scanning the images")
     for result in scans.values():
         if result.bad:
             log(f"[yellow]{result.summary()}; skipped (listed in bad_files.csv)[/]")
@@ -180,7 +183,9 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
     # 7. Train.
     from .loop import train
 
-    pipeline.prepare(splits.train, splits.eval)  # build pixel caches now, not inside epoch 1's timing
+    # Pixel caches now, not inside epoch 1's timing: each node builds or reuses its own (on its local
+    # disk; REXTRANSFER_CACHE), local rank 0 first, then the node's other ranks open it.
+    local_rank_zero_first(dist, lambda: pipeline.prepare(splits.train, splits.eval), "preparing the pixel cache")
     model = backbone.model.to(device)
     if pipeline.channels_last:
         import torch
