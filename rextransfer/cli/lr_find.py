@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..train.lr_find import END_LR, START_LR, SWEEP_STEPS  # light: the sweep itself imports torch
 from . import finetune as _finetune
 
 # finetune's options that shape the sweep (its length, lr, run name and resume do not apply).
@@ -26,9 +27,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _lr_find(
-    start_lr: Annotated[float, typer.Option(help="First learning rate of the sweep.", rich_help_panel=SWEEP)] = 1e-7,
-    end_lr: Annotated[float, typer.Option(help="Last learning rate of the sweep.", rich_help_panel=SWEEP)] = 10.0,
-    sweep_steps: Annotated[int, typer.Option(help="Optimizer steps of the sweep (it stops early once the loss diverges).", rich_help_panel=SWEEP)] = 200,
+    start_lr: Annotated[float, typer.Option(help="First learning rate of the sweep.", rich_help_panel=SWEEP)] = START_LR,
+    end_lr: Annotated[float, typer.Option(help="Last learning rate of the sweep.", rich_help_panel=SWEEP)] = END_LR,
+    sweep_steps: Annotated[int, typer.Option(help="Optimizer steps of the sweep (it stops early once the loss diverges).", rich_help_panel=SWEEP)] = SWEEP_STEPS,
     out: Annotated[Optional[Path], typer.Option(help="Where to write the plot.", show_default="<runs_dir>/<dataset>/lr_find.png", rich_help_panel=SWEEP)] = None,
     **options,
 ) -> None:

@@ -40,6 +40,7 @@ class Exported:
     files: list[Path] = field(default_factory=list)
     max_abs_diff: float = float("nan")   # against the PyTorch model, over CHECK_BATCHES
     checked_with: str = ""               # onnxruntime x.y | torch.jit.load | timm x.y
+    checkpoint: str = "best"
     pushed_to: str | None = None         # the Hub repo URL after --push-to-hub
     notes: list[str] = field(default_factory=list)
 
@@ -59,7 +60,7 @@ def export_run(run_dir: Path, fmt: str, *, out: Path | None = None, checkpoint: 
     prep = {"input_size": (3, cfg.img_size, cfg.img_size), "interpolation": data_config.get("interpolation") or "bilinear",
             "mean": tuple(data_config["mean"]), "std": tuple(data_config["std"]),
             "crop_pct": cfg.crop_pct or float(data_config.get("crop_pct") or 0.875), "crop_mode": "center"}
-    result = Exported(fmt, Path(out) if out else run.export_dir(fmt))
+    result = Exported(fmt, Path(out) if out else run.export_dir(fmt), checkpoint=checkpoint)
 
     def write(folder: Path) -> None:
         WRITERS[fmt](folder, model, classes, prep, run, result)
@@ -151,11 +152,12 @@ def _timm(folder: Path, model, classes, prep, run, result: Exported) -> None:
 
     save_for_hf(model, str(folder), model_config={"label_names": list(classes)}, safe_serialization=True,
                 data_config={k: prep[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")})
-    (folder / "README.md").write_text(model_card(run, classes, prep, json.loads((folder / "config.json").read_text())))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "README.md").write_text(model_card(run, classes, prep, config, result.checkpoint))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
-    if loaded.pretrained_cfg.get("label_names") not in (None, list(classes), tuple(classes)):
+    if list(loaded.pretrained_cfg.get("label_names") or []) != list(classes):
         raise ModelError("timm export: label names did not survive the round trip")
     _compare(result, model, lambda x: loaded(x).numpy(), _batches(prep["input_size"][-1])[1:])
     result.checked_with = f"timm {timm.__version__} (local-dir:)"
@@ -167,7 +169,7 @@ WRITERS = {"onnx": _onnx, "torchscript": _torchscript, "timm": _timm}
 # ------------------------------------------------------------------------------------------------
 # Model card and the Hub
 # ------------------------------------------------------------------------------------------------
-def model_card(run: RunDir, classes: list[str], prep: dict, config: dict) -> str:
+def model_card(run: RunDir, classes: list[str], prep: dict, config: dict, checkpoint: str = "best") -> str:
     """README.md of a timm folder: Hub metadata, results, recipe, preprocessing, usage."""
     from .. import __version__
 
@@ -179,10 +181,10 @@ def model_card(run: RunDir, classes: list[str], prep: dict, config: dict) -> str
     if tag and summary.get("pretrained", True):
         front.append(f"base_model: timm/{tag}")
     front.append("---")
-    lines = [*front, f"# {arch} fine-tuned on {dataset}", "",
-             f"A `{arch}` ({'from ' + tag if tag else 'trained from scratch'}) fine-tuned on **{dataset}** "
-             f"({len(classes)} classes) with [rextransfer](https://pypi.org/project/rextransfer/) {__version__}; "
-             f"run `{run.path.name}`.", ""]
+    how = f"fine-tuned from `{tag}`" if tag else "trained from scratch (no pretrained weights)"
+    lines = [*front, f"# {arch} on {dataset}", "",
+             f"`{arch}` {how} on **{dataset}** ({len(classes)} classes) with "
+             f"[rextransfer](https://pypi.org/project/rextransfer/) {__version__}; run `{run.path.name}`.", ""]
     final, best = summary.get("final") or {}, summary.get("best") or {}
     if final:
         lines += [f"## Results ({split} split, {summary.get('eval_size', '?')} images)", "",
@@ -191,8 +193,9 @@ def model_card(run: RunDir, classes: list[str], prep: dict, config: dict) -> str
         for key, label in (("top1", "top-1 %"), ("top5", "top-5 %"), ("mean_class_acc", "mean class accuracy %"), ("loss", "loss")):
             f, b = final.get(key), best.get(key)
             lines.append(f"| {label} | {_num(f)} | {_num(b)} |")
-        lines += ["", f"Headline metric: {summary.get('headline_metric', 'top1')}. Checkpoint exported: "
-                      f"best evaluation unless `--checkpoint last` was given.", ""]
+        which = (f"the best evaluation (epoch {best.get('epoch', '?')})" if checkpoint == "best"
+                 else f"the last weights (epoch {summary.get('epochs', '?')})")
+        lines += ["", f"Headline metric: {summary.get('headline_metric', 'top1')}. These weights are {which}.", ""]
     keys = ("recipe", "epochs", "steps", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_steps",
             "label_smoothing", "mixup", "cutmix", "ema", "probe_epochs", "layer_decay", "head_lr_mult", "img_size", "seed")
     lines += ["## Training recipe", "", *[f"- {k}: {stored[k]}" for k in keys if k in stored], ""]

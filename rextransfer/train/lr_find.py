@@ -49,8 +49,9 @@ class LrSweep:
 
 
 def sweep_lr(cfg: Config, model, head_names: set[str], pipeline, samples, device, *,
-             start: float = START_LR, end: float = END_LR, steps: int = SWEEP_STEPS) -> LrSweep:
-    """Run the sweep on `model` (on `device`) over the training `samples`; restores everything."""
+             start: float = START_LR, end: float = END_LR, steps: int | None = None) -> LrSweep:
+    """Run the sweep on `model` (on `device`) over the training `samples`; restores everything.
+    steps: None = SWEEP_STEPS (read at call time)."""
     import torch
     import torch.nn.functional as F
 
@@ -58,6 +59,7 @@ def sweep_lr(cfg: Config, model, head_names: set[str], pipeline, samples, device
     from .optim import apply_bn_momentum, make_optimizer
     from .state import rng_state, set_rng_state
 
+    steps = SWEEP_STEPS if steps is None else steps
     if not (0 < start < end) or steps < 2:
         raise TrainingError(f"lr sweep needs 0 < start ({start:g}) < end ({end:g}) and at least 2 steps ({steps})")
     result = LrSweep(start=start, end=end, steps=steps)
@@ -133,7 +135,7 @@ def valley(lrs: list[float], losses: list[float]) -> float:
 
 
 def plot_sweep(path: Path, sweep: LrSweep, title: str) -> Path:
-    """lr_find.png: loss against lr (log axis), raw and smoothed, the suggestion marked."""
+    """lr_find.png: the smoothed loss against lr (log axis), the suggestion marked."""
     from ..core import plots
 
     finite = [y for y in sweep.smoothed if math.isfinite(y)]
@@ -143,10 +145,8 @@ def plot_sweep(path: Path, sweep: LrSweep, title: str) -> Path:
         lo, first = min(finite), finite[0]
         ylim = (lo - 0.1 * abs(first - lo) - 1e-3, max(first, lo) + 0.6 * abs(first - lo) + 1e-3)
     at = sweep.lrs.index(sweep.suggestion) if sweep.suggestion in sweep.lrs else None
-    series = [
-        {"label": "loss per step", "x": sweep.lrs, "y": sweep.losses},
-        {"label": "smoothed (what the rule reads)", "x": sweep.lrs, "y": sweep.smoothed},
-    ]
+    # the smoothed curve only, as fastai plots it: single-step losses are too noisy to read
+    series = [{"label": "training loss (smoothed)", "x": sweep.lrs, "y": sweep.smoothed}]
     if at is not None:
         series.append({"label": f"suggested lr {sweep.suggestion:.2g} (valley)", "x": [sweep.suggestion],
                        "y": [sweep.smoothed[at]], "line": False, "marker": True,
