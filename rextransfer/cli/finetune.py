@@ -48,7 +48,7 @@ def finetune(
     epochs: Annotated[Optional[int], typer.Option(help="Training length in epochs.", show_default=_recipe_or(_D.epochs), rich_help_panel=TRAIN)] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training length in optimizer steps (overrides epochs).", show_default=_recipe_or("epochs"), rich_help_panel=TRAIN)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Global batch per optimizer step.", show_default=_recipe_or(_D.batch_size), rich_help_panel=TRAIN)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate at the batch size.", show_default=_recipe_or(_D.lr), rich_help_panel=TRAIN)] = None,
+    lr: Annotated[Optional[str], typer.Option(help="Peak learning rate at the batch size, or auto: an lr-find sweep picks it first.", show_default=_recipe_or(_D.lr), rich_help_panel=TRAIN)] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="sgd | adamw.", show_default=_recipe_or(_D.optimizer), rich_help_panel=TRAIN)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for data order, augmentation and head init.", show_default=_recipe_or(_D.seed), rich_help_panel=TRAIN)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Any setting as key=value (repeatable); wins over everything.", show_default="none", rich_help_panel=TRAIN)] = None,
@@ -57,16 +57,11 @@ def finetune(
     runs_dir: Annotated[Optional[Path], typer.Option(help="Parent folder of runs.", show_default=_recipe_or(_D.runs_dir), rich_help_panel=RUN)] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Resume this run folder exactly where it stopped.", show_default="none", rich_help_panel=RUN)] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N.", show_default=_recipe_or(_D.device), rich_help_panel=RUN)] = None,
+    log: Annotated[Optional[str], typer.Option("--log", help="Experiment loggers, a comma list of tensorboard, mlflow, wandb; or none.", show_default="tensorboard if installed, else none", rich_help_panel=RUN)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and data/model summary; do not train.", rich_help_panel=RUN)] = False,
 ) -> None:
     """Fine-tune a backbone on a dataset and write a run folder."""
-    flags = dict(
-        data_root=str(data_root) if data_root else None, source=source, val_split=val_split,
-        val_fraction=val_fraction, img_size=img_size, cache=cache, workers=workers, bad_files=bad_files,
-        model=model, width=width, pretrained=pretrained, weights_file=str(weights) if weights else None,
-        epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
-        runs_dir=str(runs_dir) if runs_dir else None, device=device,
-    )
+    flags = settings_flags(locals())
     from ..train.run import run_finetune
 
     result = run_finetune(dataset, recipe=recipe, config_file=config, flags=flags, sets=set_ or [], name=name,
@@ -77,6 +72,26 @@ def finetune(
         print_summary(result.summary, result.path)
 
 
+def settings_flags(options: dict) -> dict:
+    """The settings named by the options given (finetune's, or the subset lr-find shares)."""
+    paths = {"data_root": "data_root", "weights": "weights_file", "runs_dir": "runs_dir"}
+    renamed = {"log": "loggers"}
+    plain = ("source", "val_split", "val_fraction", "img_size", "cache", "workers", "bad_files", "model", "width",
+             "pretrained", "epochs", "steps", "batch_size", "lr", "optimizer", "seed", "device")
+    flags = {key: options.get(key) for key in plain if key in options}
+    flags.update({setting: str(options[key]) if options.get(key) else None for key, setting in paths.items() if key in options})
+    flags.update({setting: options[key] for key, setting in renamed.items() if key in options})
+    lr = flags.get("lr")
+    if isinstance(lr, str) and lr.strip().lower() != "auto":
+        try:
+            flags["lr"] = float(lr)
+        except ValueError:
+            from ..core.errors import UsageError
+
+            raise UsageError(f"--lr must be a number or auto; got {lr!r}") from None
+    return flags
+
+
 def print_summary(summary: dict, run_path: Path) -> None:
     """The final/best metrics table of a finished run."""
     from ..core.console import out
@@ -85,6 +100,10 @@ def print_summary(summary: dict, run_path: Path) -> None:
     table = metrics_table(f"{summary['dataset']} · {summary['model']} x{summary['width']:g} · {summary['eval_split']} split",
                           {"final": summary["final"], "best": summary["best"]}, summary["headline_metric"])
     out.print(table)
+    pairs = summary.get("most_confused") or []
+    if pairs:
+        out.print("most confused (true → predicted, images): " + "; ".join(
+            f"{p['true']} → {p['pred']} {p['count']}" for p in pairs[:5]), markup=False)
     out.print(f"run folder: {run_path}")
 
 

@@ -53,7 +53,7 @@ class Config:
     batch_size: int = 64              # global images per optimizer step (all devices x accumulation)
     grad_accum: int = 1               # micro-batches per optimizer step
     optimizer: str = "sgd"            # sgd (Nesterov) | adamw
-    lr: float = 0.01                  # peak learning rate at batch_size (absolute, not per-256)
+    lr: float = 0.01                  # peak learning rate at batch_size (absolute, not per-256); "auto" = an lr-find sweep picks it first; "auto" = an lr-find sweep picks it first
     momentum: float = 0.9             # SGD momentum / AdamW beta1
     nesterov: bool = True             # Nesterov momentum for SGD (Kornblith et al. 2019)
     weight_decay: float = 0.0         # decoupled for AdamW, L2 for SGD; no decay on norms and biases
@@ -82,7 +82,8 @@ class Config:
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     seed: int = 0                     # seeds data order, augmentation, head init
     runs_dir: str = "runs"            # parent of run folders
-    log_every: int = 10               # progress-bar refresh, optimizer steps
+    log_every: int = 10               # progress-bar refresh and experiment-logger scalars, optimizer steps
+    loggers: str = "auto"             # experiment loggers: auto (tensorboard if installed) | none | a comma list of tensorboard, mlflow, wandb
 
     # ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -102,17 +103,24 @@ class Config:
             if getattr(self, key) not in allowed:
                 raise UsageError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
         for key, kind in FIELD_TYPES.items():  # NaN and inf pass every comparison below: refuse them first
+            if key == "lr" and self.lr == "auto":
+                continue  # an lr-find sweep picks it before training (train/lr_find.py)
             values = getattr(self, key) if typing.get_origin(kind) is list else [getattr(self, key)]
             if kind is float or typing.get_origin(kind) is list:
                 if not all(math.isfinite(v) for v in values):
                     raise UsageError(f"{key} must be a finite number; got {getattr(self, key)}")
         for key, rule in RANGES.items():
+            if key == "lr" and self.lr == "auto":
+                continue
             values = getattr(self, key) if isinstance(getattr(self, key), list) else [getattr(self, key)]
             for value in values:
                 if not rule.holds(value):
                     raise UsageError(f"{key} must be {rule}; got {getattr(self, key)}")
         if self.epochs == 0 and self.steps == 0:
             raise UsageError("set a training length: epochs > 0 or steps > 0")
+        names = [n.strip() for n in self.loggers.split(",") if n.strip()]
+        if names not in (["auto"], ["none"]) and not (names and set(names) <= set(LOGGERS)):
+            raise UsageError(f"loggers must be auto, none or a comma list of {', '.join(LOGGERS)}; got {self.loggers!r}")
         if self.bn_momentum not in ("default", "auto"):
             try:
                 value = float(self.bn_momentum)
@@ -130,6 +138,8 @@ class Config:
             raise UsageError(f"batch_size ({self.batch_size}) must be divisible by {split}")
         return self.batch_size // (world * self.grad_accum)
 
+
+LOGGERS = ("tensorboard", "mlflow", "wandb")  # experiment loggers (train/loggers.py), each an optional extra
 
 _HINTS = typing.get_type_hints(Config)  # once: it compiles every annotation string
 FIELD_TYPES: dict[str, Any] = {f.name: _HINTS[f.name] for f in fields(Config)}
@@ -201,6 +211,10 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         hint = f" (did you mean {', '.join(near[:3])}?)" if near else ""
         raise UsageError(f"unknown setting {key!r} in {origin}{hint}")
     kind = FIELD_TYPES[key]
+    if key == "lr" and isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"  # resolved by an lr-find sweep before training (train/lr_find.py)
+    if key == "lr" and isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"  # resolved by an lr-find sweep before training (train/lr_find.py)
     bad = UsageError(f"setting {key!r} in {origin} must be {_type_name(kind)}; got {value!r}")
     if typing.get_origin(kind) is list:
         if isinstance(value, str):

@@ -113,6 +113,10 @@ def _draw_panel(ax, panel: dict) -> None:
     elif panel.get("series"):
         ax.legend(loc="best", framealpha=0.85)
     ax.set(title=panel.get("title", ""), xlabel=panel.get("xlabel", ""), ylabel=panel.get("ylabel", ""))
+    if panel.get("xinteger"):  # epochs: ticks at whole numbers only
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, color="0.9", lw=0.6)
 
 
@@ -121,7 +125,8 @@ def line_panels(path, panels: list[dict], *, title: str = "", ncols: int | None 
     """Draw line/scatter panels in a grid and write a PNG; returns the path.
 
     Each panel: {"title", "xlabel", "ylabel", "series": [{"label", "x", "y", "marker"=False,
-    "line"=True, "point_labels"=None}], "xlog"=False, "ylog"=False, "ylim"=None, "xlim"=None}.
+    "line"=True, "point_labels"=None}], "xlog"=False, "ylog"=False, "ylim"=None, "xlim"=None,
+    "xinteger"=False (whole-number x ticks, e.g. epochs)}.
     Image size: (ncols * panel_w, title_h + nrows * panel_h), title_h = 30 with a title else 0.
     """
     from matplotlib import rc_context
@@ -143,7 +148,8 @@ def line_panels(path, panels: list[dict], *, title: str = "", ncols: int | None 
 
 
 def heatmap(path, matrix: list[list[float]], *, row_labels: list[str] | None = None,
-            col_labels: list[str] | None = None, title: str = "", max_labels: int = 40) -> Path:
+            col_labels: list[str] | None = None, title: str = "", max_labels: int = 40,
+            xlabel: str = "", ylabel: str = "") -> Path:
     """Draw a matrix as coloured cells (viridis, min..max) with a colour bar; writes a PNG.
 
     Labels are drawn only for at most `max_labels` rows/columns (else the axes show class indices);
@@ -184,8 +190,39 @@ def heatmap(path, matrix: list[list[float]], *, row_labels: list[str] | None = N
                 if len(text) * vfs * 0.85 < cell - 2:
                     ax.text(j, i, text, ha="center", va="center", fontsize=vfs,
                             color="black" if (v - vmin) / span > 0.6 else "white")
-            ax.set(ylabel="class index" if nr > max_labels else "",
-                   xlabel="class index" if nc > max_labels else "")
+            ax.set(ylabel=" ".join(filter(None, [ylabel, "(class index)" if nr > max_labels else ""])),
+                   xlabel=" ".join(filter(None, [xlabel, "(class index)" if nc > max_labels else ""])))
             ax.tick_params(length=2, pad=2)
         ax.set_title(title)
         return _save(fig, path, tight=True)
+
+
+def image_grid(path, images: list, titles: list[str], *, title: str = "", highlight: list[bool] | None = None,
+               ncols: int | None = None, cell_px: int = 180, empty: str = "no images") -> Path:
+    """Images (PIL images or HxWx3 arrays) in a grid, each with a few lines of caption; writes a PNG.
+
+    highlight[i] draws image i's caption in the palette's vermilion (e.g. a wrong prediction).
+    """
+    from matplotlib import rc_context
+
+    n = len(images)
+    ncols = max(1, min(ncols or math.ceil(math.sqrt(n or 1)), n or 1))
+    nrows = max(1, math.ceil(n / ncols))
+    lines = max((len(str(t).splitlines()) for t in titles), default=0)
+    caption_px = 12 * lines + 8
+    with rc_context(_RC):
+        fig = _figure(ncols * cell_px, (34 if title else 6) + nrows * (cell_px + caption_px))
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for k, ax in enumerate(axes):
+            ax.set_axis_off()
+            if k >= n:
+                continue
+            ax.imshow(images[k], interpolation="lanczos")
+            color = _rgb(PALETTE[3]) if highlight and highlight[k] else "black"
+            ax.set_title(str(titles[k]) if k < len(titles) else "", fontsize=7, color=color,
+                         fontweight="normal", loc="left")
+        if not n:
+            axes[0].text(0.5, 0.5, empty, transform=axes[0].transAxes, ha="center", va="center", color="0.45")
+        if title:
+            fig.suptitle(textwrap.fill(title, max(20, int(ncols * cell_px / 8.5))))
+        return _save(fig, path)

@@ -108,36 +108,108 @@ def evaluate_run(run_dir: Path, *, split: str, checkpoint: str, device: str) -> 
     return result
 
 
-def predict_images(run_dir: Path, images: list[Path], *, top_k: int, checkpoint: str, device: str) -> list[dict]:
-    """Top-k classes with probabilities for each image."""
+def predict_images(run_dir: Path, inputs: list, *, top_k: int, checkpoint: str, device: str,
+                   tta: str = "none") -> list[dict]:
+    """Top-k classes with probabilities for each image of `inputs` (files, folders, glob patterns),
+    in batches the size of the run's evaluation; tta "flip" averages the image and its mirror.
+    Unreadable images are skipped with a note on stderr (an error if none is left)."""
     import torch
 
+    from ..core.console import log
     from ..data.base import FileSamples
-    from ..data.images import ImageDecodeError, open_rgb
     from ..data.pipeline import Pipeline
+    from ..data.scan import scan_samples
+    from .loop import autocast_for
 
     if top_k < 1:
         raise UsageError("--top-k must be at least 1")
-    for path in images:
-        if not Path(path).is_file():
-            raise DataError(f"image not found: {path}")
-        try:
-            open_rgb(path)
-        except ImageDecodeError as e:
-            raise DataError(f"cannot read {path}: {e.reason} ({e.detail})") from None
+    if tta not in TTA:
+        raise UsageError(f"--tta must be one of {', '.join(TTA)}; got {tta!r}")
+    images = expand_images(inputs)
     model, cfg, classes, data_config = load_run_model(run_dir, checkpoint, device)
+    scan = scan_samples(FileSamples(images, [0] * len(images), classes, "predict"), policy="skip",
+                        progress=len(images) > 200)
+    if scan.bad:
+        if not scan.good:
+            key, reason = scan.bad[0]
+            raise DataError(f"cannot read {key}: {reason}" if len(scan.bad) == 1 else
+                            f"none of the {len(scan.bad)} images can be read (first: {key}: {reason})")
+        log(f"[yellow]skipped {len(scan.bad)} unreadable image(s) (first: {scan.bad[0][0]}: {scan.bad[0][1]})[/]")
+        images = [images[i] for i in scan.good]
     device_ = next(model.parameters()).device
-    # a few loose images: decode them directly, no pixel cache and no worker processes
-    pipeline = Pipeline(dataclasses.replace(cfg, cache=False, workers=0), data_config, device_)
+    # decoded straight from the files (no pixel cache); worker processes only pay off for many images
+    workers = cfg.workers if len(images) > 64 else 0
+    pipeline = Pipeline(dataclasses.replace(cfg, cache=False, workers=workers), data_config, device_)
     samples = FileSamples(images, [0] * len(images), classes, "predict")
+    autocast = autocast_for(cfg, device_)
     k = min(top_k, len(classes))
     results = []
     with torch.no_grad():
-        done = 0
         for batch, _ in pipeline.eval_batches(samples):
-            probs = model(batch).float().softmax(dim=1)
+            with autocast():
+                probs = model(batch).float().softmax(dim=1)
+                if tta == "flip":
+                    probs = (probs + model(batch.flip(dims=[3])).float().softmax(dim=1)) / 2
             values, indices = probs.topk(k, dim=1)
             for v, i in zip(values.tolist(), indices.tolist()):
-                results.append({"image": str(images[done]), "top": [{"class": classes[c], "index": c, "prob": p} for p, c in zip(v, i)]})
-                done += 1
+                results.append({"image": str(images[len(results)]),
+                                "top": [{"class": classes[c], "index": c, "prob": p} for p, c in zip(v, i)]})
     return results
+
+
+TTA = ("none", "flip")
+_GLOB = set("*?[")
+
+
+def expand_images(inputs: list) -> list[Path]:
+    """Files as given; folders: every image below them (sorted, hidden ones left out); anything
+    with * ? [ that is not a path: a glob pattern (** = any depth). Duplicates are kept once."""
+    import glob
+
+    from ..data.images import is_image_name
+
+    found: list[Path] = []
+    for item in map(str, inputs):
+        path = Path(item).expanduser()
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            below = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name)
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not below:
+                raise DataError(f"no images under {path}")
+            found += below
+        elif _GLOB & set(item):
+            matched = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file() and is_image_name(p))
+            if not matched:
+                raise DataError(f"no images match {item}")
+            found += matched
+        else:
+            raise DataError(f"image not found: {item}")
+    return list(dict.fromkeys(found))
+
+
+def write_predictions(results: list[dict], path: Path) -> None:
+    """CSV or JSON (by suffix) in the layout of timm's inference.py: CSV with separate columns
+    filename, index_0.., label_0.., prob_0..; JSON keyed by filename with index/label/prob lists."""
+    import csv
+    import io
+
+    from ..core.files import write_json, write_text
+
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        write_json(path, {r["image"]: {"index": [t["index"] for t in r["top"]], "label": [t["class"] for t in r["top"]],
+                                       "prob": [t["prob"] for t in r["top"]]} for r in results})
+        return
+    if path.suffix.lower() != ".csv":
+        raise UsageError(f"--output must end in .csv or .json; got {path.name}")
+    k = max((len(r["top"]) for r in results), default=0)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["filename", *[f"index_{i}" for i in range(k)], *[f"label_{i}" for i in range(k)],
+                *[f"prob_{i}" for i in range(k)]])
+    for r in results:
+        w.writerow([r["image"], *[t["index"] for t in r["top"]], *[t["class"] for t in r["top"]],
+                    *[f"{t['prob']:.6f}" for t in r["top"]]])
+    write_text(path, buf.getvalue())

@@ -31,6 +31,7 @@ from ..core.console import log
 from ..core.errors import Interrupted, TrainingError
 from ..data.base import DataSplits
 from .distributed import Dist, broadcast_state, shard
+from .loggers import Loggers
 from .metrics import Accumulator
 from .optim import apply_bn_momentum, lr_factor, make_optimizer, set_backbone_trainable
 from .rundir import RunDir
@@ -102,10 +103,12 @@ class Trainer:
     autocast: Any
     total_steps: int
     steps_per_epoch: int
+    loggers: Any = None        # experiment loggers (loggers.py); empty off rank 0
 
 
 def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_names: set[str],
-          pipeline: Any, device: torch.device, dist: Dist, checkpoint: dict | None = None) -> dict:
+          pipeline: Any, device: torch.device, dist: Dist, checkpoint: dict | None = None,
+          loggers: Any = None) -> dict:
     """Train `model` on splits.train, evaluating on splits.eval; returns the final state as a dict
     (metrics of the last evaluation, best so far, timings). Rank 0 writes the run folder."""
     steps_per_epoch = pipeline.steps_per_epoch(len(splits.train))
@@ -138,7 +141,7 @@ def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_n
         train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None,
                           find_unused_parameters=cfg.probe_epochs > 0)
     t = Trainer(cfg, run, splits, model, train_model, optimizer, ema, mixup, loss_fn, pipeline, dist,
-                autocast_for(cfg, device), total_steps, steps_per_epoch)
+                autocast_for(cfg, device), total_steps, steps_per_epoch, loggers if loggers is not None else Loggers())
 
     # -- where we start: fresh, or exactly where a checkpoint left off --------------------------
     state = TrainState()
@@ -189,6 +192,7 @@ def train(cfg: Config, run: RunDir, splits: DataSplits, model: nn.Module, head_n
                 mean_loss, stopping = read_losses(t, state, pending, stop)
                 bar.update(state.step, loss=mean_loss, lr=lr,
                            img_s=state.epoch_acc["seen"] / max(1e-9, state.epoch_acc["train_s"] + time.perf_counter() - tick))
+                t.loggers.log_step(state.step, {"loss": mean_loss, "lr": lr})  # every log_every steps
                 if stopping:
                     state.epoch_acc["train_s"] += time.perf_counter() - tick
                     save_last()
@@ -304,6 +308,7 @@ def end_of_epoch(t: Trainer, state: TrainState, probing: bool, bar) -> bool:
         bar.note(f"epoch {state.epoch}/{epochs}  {headline} {metrics[headline]:.2f}  loss {metrics['loss']:.3f}")
         stop = bool(cfg.early_stop) and state.bad_evals >= cfg.early_stop  # the same on every rank
     state.history.append(record)
+    t.loggers.log_epoch(state.epoch, record)
     return stop
 
 

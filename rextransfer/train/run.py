@@ -26,7 +26,7 @@ from ..core.errors import DataError, Interrupted, RunError, TrainingError, Usage
 from .rundir import RunDir, check_name
 
 # Settings that may differ between a run and its resumption: they do not change the result.
-RESUME_FREE = {"device", "workers", "runs_dir", "log_every", "cache", "data_root", "source"}
+RESUME_FREE = {"device", "workers", "runs_dir", "log_every", "cache", "data_root", "source", "loggers"}
 
 
 @dataclass
@@ -115,7 +115,13 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
     if resume is not None and not resuming:
         log(f"{run.path} has no checkpoint yet: starting it from step 0")
     if resuming:  # only if nothing that shapes the result changed
-        _check_compatible(absolute_paths(run.settings()), given, run)
+        stored_cfg = absolute_paths(run.settings())
+        if cfg.lr == "auto":  # the stored lr is the one the sweep chose when the run started
+            cfg, given = dataclasses.replace(cfg, lr=stored_cfg.lr), {**given, "lr": stored_cfg.lr}
+        _check_compatible(stored_cfg, given, run)
+    from .loggers import logger_names
+
+    logger_names(cfg.loggers)  # a logger asked for but not installed: one line now, not after the data
 
     # 2. Weights must be reachable before anything imports huggingface_hub (it reads the offline
     #    flag once); this and the data checks run before torch is imported, so mistakes fail fast.
@@ -160,7 +166,11 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
         return RunResult(run.path, dry_run=DryRun(cfg, splits, backbone, costs, per_epoch,
                                                   cfg.steps or cfg.epochs * per_epoch, run.path))
 
-    # 6. Run folder (rank 0 writes; the others only train).
+    # 6. lr: auto -> a sweep first (rank 0; weights and RNGs restored, so the run is the same as with
+    #    that lr given), then the run folder (rank 0 writes; the others only train).
+    sweep = None
+    if cfg.lr == "auto":
+        cfg, sweep = _lr_auto(cfg, backbone.model, pipeline, splits, device, dist)
     checkpoint = None
     if resuming:
         import torch
@@ -175,7 +185,10 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
     if dist.main:
         run.remove_stale_temp_files()
         run.write_config(cfg)
-        run.write_env(_env(cfg, device, dist, splits, backbone, weight_source, scans))
+        run.write_env({**_env(cfg, device, dist, splits, backbone, weight_source, scans),
+                       **({"lr_find": sweep.record()} if sweep else {})})
+        if sweep:
+            run.write_lr_find(sweep)
         if any(s.bad for s in scans.values()):
             run.write_bad_files(list(scans.values()))
         log(f"run folder: {run.path}")
@@ -192,17 +205,27 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
 
         model = model.to(memory_format=torch.channels_last)
     base = _summary_base(cfg, run, splits, backbone, costs, device)
+    from .loggers import make_loggers
+
+    loggers = make_loggers(cfg, run, dist.main)  # rank 0 only; one that cannot start is a warning
+    if dist.main:
+        log(loggers.describe())
+        loggers.log_settings(cfg.to_dict(), [f"eval/{splits.metric}", "eval/loss"])
     try:
-        result = train(cfg, run, splits, model, models.head_parameter_names(model), pipeline, device, dist, checkpoint)
+        result = train(cfg, run, splits, model, models.head_parameter_names(model), pipeline, device, dist,
+                       checkpoint, loggers=loggers)
     except Interrupted:
+        loggers.close("interrupted")
         if dist.main:
             run.write_summary({**base, "status": "interrupted"})
         raise
     except TrainingError:
+        loggers.close("failed")
         if dist.main:
             run.write_summary({**base, "status": "failed"})
         raise
     except Exception as e:
+        loggers.close("failed")
         oom = _oom_error(e, cfg)
         if oom is None:
             raise
@@ -211,8 +234,54 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
         raise oom from None
     finally:
         _shutdown(dist)
-    summary = _finish(run, splits, result, base) if dist.main else None
+    summary = None
+    if dist.main:
+        _interpret(cfg, run, splits, model, pipeline, device)
+        summary = _finish(run, splits, result, base)
+        images = {name: run.file(f"{name}.png") for name in ("curves", "confusion", "top_losses", "lr_find")}
+        loggers.log_finish(result["steps"], images, [run.file("summary.json"), run.file("per_class.csv")], summary)
+    loggers.close("complete")
     return RunResult(run.path, summary=summary)
+
+
+def _lr_auto(cfg: Config, model, pipeline, splits, device, dist) -> tuple[Config, Any]:
+    """`lr: auto`: rank 0 sweeps (lr_find.py) and every rank trains with its suggestion."""
+    import math
+
+    from .distributed import broadcast_object
+    from .lr_find import sweep_lr
+
+    sweep = None
+    if dist.main:
+        from ..models.build import head_parameter_names
+
+        log("lr: auto — sweeping the learning rate first (fastai's lr_find, valley rule)")
+        sweep = sweep_lr(cfg, model.to(device), head_parameter_names(model), pipeline, splits.train, device)
+        if not math.isfinite(sweep.suggestion):
+            raise TrainingError("the lr sweep found no usable learning rate (the loss was never finite); give --lr")
+        log(f"lr-find: suggested lr {sweep.suggestion:.3g} (swept {sweep.start:g} to {sweep.end:g} in {len(sweep.lrs)} steps)")
+    lr = broadcast_object(sweep.suggestion if sweep else None, dist)
+    return dataclasses.replace(cfg, lr=float(lr)), sweep
+
+
+def _interpret(cfg: Config, run: RunDir, splits, model, pipeline, device) -> None:
+    """Most-confused pairs come from the confusion matrix (in _finish); this pass over the eval split
+    with the evaluated weights (the EMA when there is one) gives predictions.csv and top_losses.png.
+    Its failure is a warning: the finished run is kept either way."""
+    try:
+        import torch
+
+        from .interpret import predict_split
+        from .loop import autocast_for
+
+        if cfg.ema:
+            ema = torch.load(run.last_ckpt, map_location="cpu", weights_only=True).get("ema")
+            if ema is not None:
+                model.load_state_dict(ema)
+        predictions = predict_split(model, pipeline, splits.eval, autocast_for(cfg, device))
+        run.write_interpretation(predictions, splits.eval, splits.classes, pipeline.crop_pct, splits.eval_split)
+    except Exception as e:  # noqa: BLE001 - a finished run is never lost to its extras
+        log(f"[yellow]warning: no top_losses.png / predictions.csv ({type(e).__name__}: {str(e)[:200]})[/]")
 
 
 def _result_settings(cfg: Config) -> dict:
@@ -267,6 +336,8 @@ def _summary_base(cfg, run, splits, backbone, costs, device) -> dict:
 
 
 def _finish(run: RunDir, splits, result: dict, base: dict) -> dict:
+    from .interpret import most_confused
+
     last = dict(result["last_eval"])
     confusion = last.pop("confusion")
     train_speeds = [r["train_img_per_s"] for r in run.metrics() if r.get("train_img_per_s")]
@@ -278,6 +349,7 @@ def _finish(run: RunDir, splits, result: dict, base: dict) -> dict:
         "stopped_early": result["stopped_early"],
         "train_img_per_s": sorted(train_speeds)[len(train_speeds) // 2] if train_speeds else None,
         "eval_img_per_s": last.get("eval_img_per_s"), "wall_time_s": result["wall_time_s"],
+        "most_confused": most_confused(confusion, splits.classes),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     run.write_results(confusion, splits.classes, splits.metric, splits.eval_split)

@@ -3,11 +3,16 @@
     runs/<dataset>/<name>/
         config.yaml  env.json  metrics.jsonl  summary.json  per_class.csv  confusion.csv
         curves.png  confusion.png  bad_files.csv
+        predictions.csv  top_losses.png   per-image eval results and the worst of them (interpret.py)
+        lr_find.png                       with --lr auto: the sweep that chose the lr (lr_find.py)
         checkpoints/last.pt            full training state (torch.load(weights_only=True))
         checkpoints/best.safetensors   weights of the best evaluation so far
+        tensorboard/  wandb/           experiment-logger files, written by those libraries (loggers.py)
+        export/<format>/               `rextransfer export` without --out (export.py)
 
-`RunDir` is the only writer of a run folder. Every file except metrics.jsonl is written
-atomically (core/files.py), so a SIGKILL mid-write leaves the previous version intact.
+`RunDir` is the only writer of a run folder (the logger libraries write into the folders it
+names). Every file except metrics.jsonl is written atomically (core/files.py), so a SIGKILL
+mid-write leaves the previous version intact; an export folder appears whole or not at all.
 
 One process at a time: `finetune` holds an exclusive flock on `<run>/.lock` for as long as it runs
 (the kernel drops it when the process ends, however it ends), so a second `finetune` of the same
@@ -148,6 +153,13 @@ class RunDir:
     @property
     def best_ckpt(self) -> Path:
         return self.path / "checkpoints" / "best.safetensors"
+
+    def logger_dir(self, name: str) -> Path:
+        """Where an experiment logger library keeps its files (tensorboard/, wandb/)."""
+        return self.path / name
+
+    def export_dir(self, fmt: str) -> Path:
+        return self.path / "export" / fmt
 
     # -- state ----------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -313,15 +325,53 @@ class RunDir:
         rows = self.metrics()
         evals = [r for r in rows if r.get(f"eval_{metric}") is not None]
         plots.line_panels(self.path / "curves.png", [
-            {"title": "training loss", "xlabel": "epoch", "ylabel": "loss",
+            {"title": "loss", "xlabel": "epoch", "ylabel": "cross-entropy", "xinteger": True,
              "series": [{"label": "train", "x": [r["epoch"] for r in rows], "y": [r["train_loss"] for r in rows]},
                         {"label": "eval", "x": [r["epoch"] for r in evals], "y": [r["eval_loss"] for r in evals]}]},
-            {"title": f"eval {metric}", "xlabel": "epoch", "ylabel": "%",
+            {"title": f"eval {metric}", "xlabel": "epoch", "ylabel": "%", "xinteger": True,
              "series": [{"label": eval_split, "x": [r["epoch"] for r in evals],
                          "y": [r[f"eval_{metric}"] for r in evals], "marker": True}]},
         ], title=f"{self.path.parent.name} / {self.path.name}")
         plots.heatmap(self.path / "confusion.png", confusion.tolist(), row_labels=classes,
-                      col_labels=classes, title=f"confusion ({eval_split}), rows = true")
+                      col_labels=classes, title=f"confusion ({eval_split}), rows = true",
+                      xlabel="predicted", ylabel="true")
+
+    def write_interpretation(self, predictions, samples, classes: list[str], crop_pct: float, eval_split: str) -> None:
+        """predictions.csv (every eval image) and top_losses.png (the worst ones, fastai-style)."""
+        from ..core import plots
+        from .interpret import top_losses
+
+        write_with(self.path / "predictions.csv", lambda p: predictions.write_csv(p, classes))
+        images, titles, wrong = top_losses(predictions, samples, classes, crop_pct)
+        plots.image_grid(self.path / "top_losses.png", images, titles, highlight=wrong, ncols=4,
+                         title=f"top losses ({eval_split}): highest loss first; orange caption = wrong prediction")
+
+    def write_lr_find(self, sweep) -> None:
+        """lr_find.png: the sweep that `--lr auto` ran before training."""
+        from .lr_find import plot_sweep
+
+        plot_sweep(self.path / "lr_find.png", sweep, title=f"{self.path.parent.name} / {self.path.name}")
+
+    def write_export(self, fmt: str, writer) -> Path:
+        """export/<fmt>/ written by `writer(folder)` into a temp folder, then renamed into place."""
+        import shutil
+        import tempfile
+
+        final = self.export_dir(fmt)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{fmt}.", suffix=".tmp", dir=final.parent))
+        try:
+            writer(tmp)
+            os.chmod(tmp, 0o755)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if disk_full(e):
+                raise EnvironmentProblem(f"disk full while writing {final}; free space and export again") from None
+            raise
+        return final
 
 
 def _numbers(value, n: int) -> bool:
