@@ -166,3 +166,18 @@ def test_resume_after_a_class_folder_was_added_is_refused_before_anything_is_rew
     assert snapshot(run) == before  # env.json and config.yaml still describe the checkpoint
     shutil.rmtree(new_class)  # the data restored, the run resumes
     assert rx("finetune", "--resume", run).returncode == 0
+
+
+def test_resume_from_a_checkpoint_of_another_model_is_one_summary_line(run_copy):
+    import torch
+
+    last = run_copy / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state["model"]["head.fc.weight"] = state["model"]["head.fc.weight"][:3]  # as if trained on 3 classes
+    del state["model"]["head.fc.bias"]
+    torch.save(state, last)
+    before = snapshot(run_copy)
+    one_line(rx("finetune", "--resume", run_copy), 5,
+             r"checkpoint does not fit the model \(1 with another shape \(e\.g\. head\.fc\.weight: checkpoint \[3, \d+\], "
+             r"model \[4, \d+\]\); 1 missing \(e\.g\. head\.fc\.bias\)\)")
+    assert snapshot(run_copy) == before

@@ -225,3 +225,122 @@ def test_hub_source_offline_without_a_copy_is_a_fast_one_line_error(tmp_path):
         get_splits(Config(dataset="cars", data_root=str(tmp_path), source="hub"))
     message = str(e.value)
     assert "tanganke/stanford_cars" in message and "--source hub" in message and "\n" not in message
+
+
+# --- offline: a download in the datasets cache, and the copy `download` saves ------------------------
+def datasets_cache(dataset_dict: DatasetDict, hub_id: str, cache: Path, data_files: dict | None = None) -> Path:
+    """Lay `dataset_dict` out in `cache` exactly as `datasets` leaves a download of `hub_id`:
+    <cache>/<namespace>___<name>/<config>/0.0.0/<commit>/{dataset_info.json, <name>-<split>.arrow}.
+
+    Built by the library's own Parquet builder from parquet files of the splits, as the Hub path
+    does: the card's one config ("default"), or, when the user passes `data_files` (our Stanford
+    Cars), a config named after those files ("default-<hash>"). The Hub path also records the repo
+    (which makes the builder insist on hf:// files), so the folder is built under <name> and moved
+    to <namespace>___<name>, the only part of the path the repo id decides."""
+    import shutil
+
+    from datasets import DatasetInfo
+    from datasets.data_files import DataFilesDict, sanitize_patterns
+    from datasets.load import configure_builder_class
+    from datasets.naming import camelcase_to_snakecase
+    from datasets.packaged_modules.parquet.parquet import Parquet, ParquetConfig
+
+    namespace, repo_name = hub_id.split("/")
+    name = camelcase_to_snakecase(repo_name)
+    repo, built = cache.parent / f"{name}-repo", cache.parent / f"{name}-building"
+    for split, ds in dataset_dict.items():
+        (repo / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(repo / "data" / f"{split}-00000-of-00001.parquet"))
+    info = DatasetInfo(features=next(iter(dataset_dict.values())).features)  # the card's dataset_info
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    if data_files is not None:
+        files = DataFilesDict.from_patterns(sanitize_patterns(data_files), base_path=str(repo))
+        builder = Parquet(cache_dir=str(built), dataset_name=name, hash=commit, base_path=str(repo), data_files=files, info=info)
+    else:
+        files = DataFilesDict.from_patterns(sanitize_patterns({s: f"data/{s}-*" for s in dataset_dict}), base_path=str(repo))
+        card = configure_builder_class(Parquet, [ParquetConfig(name="default", data_files=files)],
+                                       default_config_name="default", dataset_name=name)
+        builder = card(cache_dir=str(built), dataset_name=name, hash=commit, base_path=str(repo), config_name="default", info=info)
+    builder.download_and_prepare()
+    cache.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(built / name), str(cache / f"{namespace}___{name}"))
+    shutil.rmtree(repo)
+    return cache
+
+
+HUB_COPIES = {"flowers102": hub_flowers, "food101": hub_food, "cars": hub_cars, "aircraft": hub_aircraft}
+
+
+def cached_root(name: str, root: Path, tmp_path: Path) -> Path:
+    """A data root holding nothing but the datasets cache of `name`'s Hub copy."""
+    from rextransfer.data.fgvc import _SPECS
+
+    spec = _SPECS[name].hub
+    datasets_cache(HUB_COPIES[name](root), spec.hub_id, tmp_path / "data" / "hf-datasets", spec.data_files)
+    return tmp_path / "data"
+
+
+def dry_run(name: str, data_root: Path):
+    from faultkit import FAST, rx
+
+    return rx("finetune", name, "--source", "hub", "--data-root", data_root, *FAST, "--dry-run",
+              cwd=data_root.parent)
+
+
+@pytest.mark.parametrize("name", sorted(HUB_COPIES))
+def test_each_hub_copy_loads_offline_from_the_datasets_cache_through_the_cli(root, tmp_path, name):
+    from rextransfer.data.fgvc import _SPECS
+
+    data_root = cached_root(name, root, tmp_path)
+    spec = _SPECS[name].hub
+    # the layout is the library's: its own offline reload finds it, except with data_files (datasets#6837)
+    if spec.data_files is None:
+        assert set(datasets.load_dataset(spec.hub_id, cache_dir=str(data_root / "hf-datasets"))) >= set(needed(spec))
+    else:
+        with pytest.raises(ValueError, match="Couldn't find cache"):
+            datasets.load_dataset(spec.hub_id, cache_dir=str(data_root / "hf-datasets"), data_files=spec.data_files)
+    result = dry_run(name, data_root)
+    assert result.returncode == 0, result.stderr
+    orig = original(name, root)
+    assert (f"source hub); classes {len(orig.classes)}; train {len(orig.train)} " in result.stdout
+            and f"eval {len(orig.eval)} on test" in result.stdout), result.stdout
+
+
+def needed(spec) -> list[str]:
+    return [s for names in spec.splits.values() for s in names]
+
+
+def test_download_saves_a_copy_that_loads_offline_without_the_cache(root, tmp_path):
+    import shutil
+
+    from faultkit import rx
+
+    data_root = cached_root("cars", root, tmp_path)
+    saved = rx("download", "cars", "--source", "hub", "--data-root", data_root)  # offline: from the cache
+    assert saved.returncode == 0, saved.stderr
+    assert str(data_root / "cars-hub") in saved.stdout
+    assert sorted(DatasetDict.load_from_disk(str(data_root / "cars-hub"))) == ["test", "train"]  # no corrupted copies
+    shutil.rmtree(data_root / "hf-datasets")
+    result = dry_run("cars", data_root)
+    assert result.returncode == 0, result.stderr
+    assert f"train {len(original('cars', root).train)} " in result.stdout
+
+
+def test_a_broken_datasets_cache_is_a_one_line_error(root, tmp_path):
+    from faultkit import one_line
+
+    data_root = cached_root("food101", root, tmp_path)
+    for arrow in (data_root / "hf-datasets").rglob("*.arrow"):
+        arrow.write_bytes(arrow.read_bytes()[:200])  # a download cut short
+    one_line(dry_run("food101", data_root), 3, "Hub copy ethz/food101 of food101 is unavailable")
+
+
+def test_flower_names_are_the_hub_cards_and_torchvisions():
+    names = flower_names()
+    assert len(names) == len(set(names)) == 102
+    # the card of dpdl-benchmark/oxford_flowers102: '0': pink primrose, '59': pink-yellow dahlia?, '101': blackberry lily
+    assert (names[0], names[59], names[101]) == ("pink primrose", "pink-yellow dahlia?", "blackberry lily")
+    from torchvision.datasets import Flowers102
+
+    if hasattr(Flowers102, "classes"):  # torchvision >= 0.22 carries the same list
+        assert names == list(Flowers102.classes)

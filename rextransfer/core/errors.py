@@ -3,13 +3,13 @@
 Exit codes (documented in README):
     0  success
     1  unexpected internal error (a bug: rerun with --debug and report it)
-    2  bad command line: unknown option, bad flag value, bad --set, unknown key
+    2  bad command line: unknown option, bad flag value, bad --set, unknown key, a setting out of range
     3  bad data: missing path, empty folder, one class, unknown dataset, bad files under --bad-files fail
     4  model or weights: unknown model or width, offline without weights, incompatible checkpoint
-    5  run folder: exists already, cannot resume, incompatible resume
+    5  run folder: exists already, cannot resume, incompatible resume, in use, damaged, a file in its place
     6  training fault: NaN/inf loss, CUDA out of memory
-    7  environment: disk full, no network for a download, missing optional package
-    130 interrupted by Ctrl-C / SIGTERM (a checkpoint was saved; the message says how to resume)
+    7  environment: disk full, no network for a download, a read-only runs or cache folder, missing package
+    130 interrupted by Ctrl-C / SIGTERM (in training a checkpoint was saved; the message says how to resume)
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..config.settings import from_dict
 from ..core.console import log
 from ..core.errors import DataError, RunError, UsageError
-from .rundir import RunDir
+from .rundir import RunDir, state_dict_mismatch
 
 
 def load_run_model(run_dir: Path, checkpoint: str = "best", device: str = "cpu"):
@@ -51,26 +51,6 @@ def load_run_model(run_dir: Path, checkpoint: str = "best", device: str = "cpu")
     data_config = {k: v for k, v in env["preprocessing"].items() if k in ("input_size", "interpolation", "mean", "std", "crop_pct")}
     dev = select_device(device)
     return backbone.model.to(dev).eval(), cfg, classes, data_config
-
-
-def state_dict_mismatch(model, state: dict) -> str | None:
-    """One line saying how `state` differs from `model`'s parameters and buffers (None if it fits)."""
-    if not isinstance(state, dict):
-        return f"not a state dict ({type(state).__name__})"
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and getattr(state[k], "shape", None) != own[k].shape]
-    parts = []
-    if shapes:
-        k = shapes[0]
-        parts.append(f"{len(shapes)} with another shape (e.g. {k}: checkpoint {list(getattr(state[k], 'shape', []))}, "
-                     f"model {list(own[k].shape)})")
-    if missing:
-        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    return "; ".join(parts) or None
 
 
 def evaluate_run(run_dir: Path, *, split: str, checkpoint: str, device: str) -> dict:

@@ -179,6 +179,7 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
             checkpoint = torch.load(run.last_ckpt, map_location="cpu", weights_only=True)
         except Exception as e:  # torn or foreign file
             raise RunError(f"cannot resume {run.path}: checkpoint unreadable ({type(e).__name__}); start a new run with another --name") from None
+        run.check_checkpoint(backbone.model, checkpoint)  # one line, not torch's multi-line mismatch
     elif dist.main:
         run.create()
         run.rewrite_metrics([])  # a folder reused without a checkpoint starts a clean log

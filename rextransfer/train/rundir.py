@@ -236,6 +236,14 @@ class RunDir:
                            f"the checkpoint has {len(old)}, the data {len(classes)}); restore the data or start a "
                            f"new run with another --name")
 
+    def check_checkpoint(self, model, checkpoint) -> None:
+        """Resuming needs a last.pt whose weights fit the model the stored settings build."""
+        state = checkpoint.get("model") if isinstance(checkpoint, dict) else checkpoint
+        mismatch = state_dict_mismatch(model, state)
+        if mismatch:
+            raise RunError(f"cannot resume {self.path}: its checkpoint does not fit the model ({mismatch}); "
+                           f"start a new run with another --name")
+
     def skipped(self) -> set[str]:
         """Keys of the images the pre-flight scan left out of this run (bad_files.csv)."""
         try:
@@ -399,3 +407,23 @@ def _env_problem(env) -> str | None:
     if crop is not None and not (_numbers([crop], 1) and 0 < crop <= 1):
         return "'preprocessing.crop_pct' must be in (0, 1]"
     return None
+
+
+def state_dict_mismatch(model, state: dict) -> str | None:
+    """One line saying how `state` differs from `model`'s parameters and buffers (None if it fits)."""
+    if not isinstance(state, dict):
+        return f"not a state dict ({type(state).__name__})"
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and getattr(state[k], "shape", None) != own[k].shape]
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} with another shape (e.g. {k}: checkpoint {list(getattr(state[k], 'shape', []))}, "
+                     f"model {list(own[k].shape)})")
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    return "; ".join(parts) or None
