@@ -10,7 +10,8 @@ eager and with torch.compile:
   * plain: a timm-style loop -- forward, cross-entropy, backward, SGD step, zero_grad -- that
     never waits for the GPU inside the timed steps;
   * rextransfer: `rextransfer.train.loop.train()` itself on the same model, batch, AMP and
-    tensors (bench/harness.py), img/s from the run's own record of the timed epoch.
+    tensors (bench/harness.py), img/s from the run's own record of the timed epoch; eager, it
+    also counts every host-device sync of the whole train() call (torch.cuda sync debug mode).
 Part 2, the full pipeline: `run_finetune` on generated JPEGs (bench/pipeline.py's generator),
 pixel cache built first, batches gathered by loader threads, uploaded pinned and cropped/flipped/
 normalised on the GPU: the run's median train img/s and the share of time spent waiting for data.
@@ -32,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,6 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 
 MODELS = ["rexnet@1.0", "resnet50", "efficientnet_b0"]
 NUM_CLASSES = 100  # a fine-grained head (Food-101 size); the head is a negligible part of the work
+LOG_EVERY = 10     # rextransfer's default: losses are read every 10 optimizer steps
 
 
 def parse() -> argparse.Namespace:
@@ -139,17 +142,32 @@ def rextransfer_loop(a, spec: str, dev: torch.device, compiled: bool, amp: bool,
 
     model = make_model(spec, dev, channels_last)
     batches = synthetic_batches(a, dev, channels_last)
+    steps = max(a.steps, a.warmup)
+    count_syncs = dev.type == "cuda" and not compiled
     t0 = time.perf_counter()
-    records, wall, _ = train_in_memory(
-        model, batches, head=head_names(model), num_classes=NUM_CLASSES, steps_per_epoch=max(a.steps, a.warmup),
-        epochs=2, device=dev,
-        settings={"img_size": a.img_size, "device": str(dev), "amp": "bf16" if amp else "off",
-                  "channels_last": "on" if channels_last else "off", "compile": compiled, "optimizer": "sgd",
-                  "log_every": 10})
+    with warnings.catch_warnings(record=True) as caught:
+        if count_syncs:  # every host-device sync of the whole train() call: reads, evaluation, checkpoints
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            records, wall, _ = train_in_memory(
+                model, batches, head=head_names(model), num_classes=NUM_CLASSES, steps_per_epoch=steps,
+                epochs=2, device=dev,
+                settings={"img_size": a.img_size, "device": str(dev), "amp": "bf16" if amp else "off",
+                          "channels_last": "on" if channels_last else "off", "compile": compiled, "optimizer": "sgd",
+                          "log_every": LOG_EVERY})
+        finally:
+            if count_syncs:
+                torch.cuda.set_sync_debug_mode("default")
     del model, batches
     timed = records[1]
-    return {"img_per_s": round(timed["train_img_per_s"], 1), "warmup_epoch_img_per_s": round(records[0]["train_img_per_s"], 1),
-            "train_call_s": round(wall, 1), "steps_per_epoch": max(a.steps, a.warmup), "total_s": round(time.perf_counter() - t0, 1)}
+    out = {"img_per_s": round(timed["train_img_per_s"], 1), "warmup_epoch_img_per_s": round(records[0]["train_img_per_s"], 1),
+           "train_call_s": round(wall, 1), "steps_per_epoch": steps, "log_every": LOG_EVERY,
+           "total_s": round(time.perf_counter() - t0, 1)}
+    if count_syncs:
+        out["host_syncs_in_train_call"] = sum("synchronizing CUDA operation" in str(w.message) for w in caught)
+        out["optimizer_steps_in_train_call"] = 2 * steps
+    return out
 
 
 def full_pipeline(a, dev: torch.device) -> dict:
@@ -187,11 +205,14 @@ def full_pipeline(a, dev: torch.device) -> dict:
 
 
 def table(report: dict) -> str:
-    rows = [("model", "compile", "plain img/s", "rextransfer img/s", "ratio")]
+    rows = [("model", "compile", "plain img/s", "rextransfer img/s", "ratio", "host syncs / steps (train call)")]
     for r in report["synthetic"]:
         plain, ours = r.get("plain", {}).get("img_per_s"), r.get("rextransfer", {}).get("img_per_s")
         ratio = f"{ours / plain:.3f}" if plain and ours else "-"
-        rows.append((r["model"], "on" if r["compile"] else "off", f"{plain or '-'}", f"{ours or '-'}", ratio))
+        loop = r.get("rextransfer", {})
+        syncs = (f"{loop['host_syncs_in_train_call']} / {loop['optimizer_steps_in_train_call']}"
+                 if "host_syncs_in_train_call" in loop else "-")
+        rows.append((r["model"], "on" if r["compile"] else "off", f"{plain or '-'}", f"{ours or '-'}", ratio, syncs))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
