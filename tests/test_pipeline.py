@@ -402,3 +402,16 @@ def test_on_cuda_both_paths_agree_and_batches_are_deterministic(samples):
         first = [(x.cpu(), y.cpu()) for x, y in pipe.train_batches(samples, 1)]
         tail = [(x.cpu(), y.cpu()) for x, y in pipe.train_batches(samples, 1, start_step=1)]
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first[1:], tail))
+
+
+@pytest.mark.parametrize("channels_last", ["off", "on"])
+def test_loader_workers_never_change_a_batch(samples, channels_last):
+    """--no-cache with worker processes (batches built in shared memory) and the cache with loader
+    threads give exactly the in-process batches, in the asked memory layout."""
+    for cache in (False, True):
+        inline = batches(make(cache, channels_last=channels_last), samples, epoch=1)
+        parallel = list(make(cache, workers=2, channels_last=channels_last).train_batches(samples, 1))
+        assert len(inline) == len(parallel) == 3
+        for (x1, y1), (x2, y2) in zip(inline, parallel):
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+            assert x2.is_contiguous(memory_format=torch.channels_last if channels_last == "on" else torch.contiguous_format)

@@ -160,8 +160,10 @@ class Finisher:
         if torch.utils.data.get_worker_info() is not None:
             # inside a DataLoader worker: straight into shared memory, as default_collate does, so
             # the batch crosses to the trainer without another copy
-            storage = torch.empty(0)._typed_storage()._new_shared(math.prod(shape))
-            return torch.empty(0).new(storage).view(shape).contiguous(memory_format=self.format)
+            flat = torch.empty(0).new(torch.empty(0)._typed_storage()._new_shared(math.prod(shape)))
+            if self.format == torch.channels_last:
+                return flat.view(n, self.size, self.size, 3).permute(0, 3, 1, 2)
+            return flat.view(shape)
         return torch.empty(shape, dtype=torch.float32, device=device, memory_format=self.format)
 
     def samples(self, sources: Sequence[np.ndarray], boxes: Sequence[tuple[int, int, int, int] | None],
