@@ -78,7 +78,7 @@ def _root(
 
 # One module per command (rextransfer/cli/<command>.py); each exposes register(app) and imports
 # nothing heavy at module level.
-COMMAND_MODULES = ("finetune", "evaluate", "predict", "demo", "data", "models", "recipes", "compare", "analyze", "scan")
+COMMAND_MODULES = ("finetune", "evaluate", "predict", "demo", "data", "models", "weights", "recipes", "compare", "analyze", "scan")
 for _module in COMMAND_MODULES:
     importlib.import_module(f"{__package__}.{_module}").register(app)
 
