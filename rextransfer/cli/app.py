@@ -112,8 +112,8 @@ def _root(
 
 # One module per command (rextransfer/cli/<command>.py); each exposes register(app) and imports
 # nothing heavy at module level.
-COMMAND_MODULES = ("finetune", "evaluate", "predict", "demo", "data", "models", "recipes", "compare", "analyze", "scan",
-                   "export", "lr_find")
+COMMAND_MODULES = ("finetune", "evaluate", "predict", "demo", "data", "models", "weights", "recipes", "compare",
+                   "analyze", "scan", "export", "lr_find")
 for _module in COMMAND_MODULES:
     importlib.import_module(f"{__package__}.{_module}").register(app)
 

@@ -117,10 +117,18 @@ def print_dry_run(plan) -> None:
     out.print(to_yaml(cfg), markup=False)
     out.print("# data and model")
     counts = splits.train.class_counts()
+    if backbone.weights_file:  # the file's own tensors: name the file, not the tag its preprocessing comes from
+        layout = "imported from foreign key names" if backbone.weights_layout == "imported" else "timm key names"
+        weights = f"file {backbone.weights_file} (sha256 {backbone.weights_sha256}; {layout})"
+    else:
+        weights = backbone.weight_tag or "none (random init)"
+    dc = backbone.data_config
     out.print(
         f"dataset: {cfg.dataset} (source {splits.source}); classes {len(splits.classes)}; train {len(splits.train)} "
         f"(per class {min(counts)}-{max(counts)}); eval {len(splits.eval)} on {splits.eval_split}; headline {splits.metric}\n"
-        f"model: {backbone.timm_name} weights {backbone.weight_tag or 'none (random init)'}; "
+        f"model: {backbone.timm_name} weights {weights}; "
         f"params {costs['params_m']:.2f} M; {costs['gmacs']:.3f} GMACs at {cfg.img_size}px\n"
+        f"preprocessing: mean {tuple(round(v, 4) for v in dc['mean'])} std {tuple(round(v, 4) for v in dc['std'])} "
+        f"{dc['interpolation']} crop {cfg.crop_pct or dc['crop_pct']:g} ({backbone.preprocessing_from})\n"
         f"schedule: {plan.steps_per_epoch} steps/epoch; {plan.total_steps} steps total\n"
         f"run folder: {plan.run_path}", markup=False)

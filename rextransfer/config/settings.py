@@ -43,6 +43,8 @@ class Config:
     # --- input -------------------------------------------------------------------------------
     img_size: int = 224               # train/eval crop, px
     crop_pct: float = 0.0             # eval center-crop fraction; 0 = from the weights' pretrained_cfg
+    mean: list[float] = field(default_factory=list)  # input normalisation mean (1 or 3 values, 0-1 scale); [] = the weights' pretrained_cfg
+    std: list[float] = field(default_factory=list)   # input normalisation std (1 or 3 values, > 0); [] = the weights' pretrained_cfg
     rrc_scale_min: float = 0.08       # RandomResizedCrop lower area bound (Inception/Kornblith default)
     hflip: bool = True                # random horizontal flip
     cache: bool = True                # decode-once pixel cache + augmentation on the device (see data/cache.py)
@@ -68,6 +70,7 @@ class Config:
     ema: bool = False                 # keep an EMA of the weights and evaluate it
     ema_decay: float = 0.999          # per optimizer step
     zero_head: bool = True            # zero-init the new classifier (BiT): no random logits at step 0
+    probe_head: bool = False          # LP-FT (Kumar et al. 2022): start the head from a converged linear probe on frozen features (train/probe.py); replaces zero_head
     head_lr_mult: float = 1.0         # lr multiplier of the new classifier head
     layer_decay: float = 0.0          # layer-wise lr decay (0 = off); timm param groups
     probe_epochs: int = 0             # head-only (linear probe) epochs before unfreezing
@@ -121,6 +124,11 @@ class Config:
         names = [n.strip() for n in self.loggers.split(",") if n.strip()]
         if names not in (["auto"], ["none"]) and not (names and set(names) <= set(LOGGERS)):
             raise UsageError(f"loggers must be auto, none or a comma list of {', '.join(LOGGERS)}; got {self.loggers!r}")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values and (len(values) not in (1, 3) or (key == "std" and min(values) <= 0)):
+                what = "positive numbers" if key == "std" else "numbers"
+                raise UsageError(f"{key} must be 1 or 3 {what} (e.g. --set {key}=0.5 or {key}=0.485,0.456,0.406); got {values}")
         if self.bn_momentum not in ("default", "auto"):
             try:
                 value = float(self.bn_momentum)

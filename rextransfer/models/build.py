@@ -11,8 +11,11 @@ pretrained_cfg, never from constants here.
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,12 +33,21 @@ class Backbone:
     weight_tag: str | None    # weights the tensors / preprocessing come from, e.g. "rexnet_100.nav_in1k"; None for random init
     pretrained_source: str    # "hub" | "hf-cache" | "file:<path>" | "none"
     data_config: dict         # input_size (3,H,W), interpolation, mean, std, crop_pct: from the weights' pretrained_cfg
+    preprocessing_from: str = ""        # whose pretrained_cfg gave data_config, and which values settings overrode
+    weights_file: str | None = None     # --weights FILE, absolute
+    weights_sha256: str | None = None   # of that file: what the weights really were
+    weights_layout: str | None = None   # "timm" (timm's key names) | "imported" (foreign names, mapped on the fly)
 
 
-def build_backbone(cfg, num_classes: int) -> Backbone:
+def build_backbone(cfg, num_classes: int, keep_head: bool = False) -> Backbone:
     """The model for cfg.model / cfg.width / cfg.weights / cfg.weights_file / cfg.pretrained, with a
     new `num_classes` head. One-line ModelError for unknown names, unpublished widths with
-    pretrained, missing network, or a weights file that does not fit."""
+    pretrained, missing network, or a weights file that does not fit.
+
+    `keep_head` (weights files only) keeps the file's classifier when it has `num_classes` outputs:
+    ImageNet weights evaluated on ImageNet classes. A file's weight_tag is "file:<sha256 prefix>"
+    (the tensors are the file's, not timm's tag's); its preprocessing is still the architecture's
+    pretrained_cfg, and cfg.mean / cfg.std override mean and std for any weights."""
     availability = ensure_weights_available(cfg)  # first: may switch the Hub to offline mode
     import timm
 
@@ -64,16 +76,29 @@ def build_backbone(cfg, num_classes: int) -> Backbone:
         model = timm.create_model(create_name, pretrained=False, num_classes=num_classes, **extra)
         source = "none"
         if availability == "file":
-            path = Path(cfg.weights_file).expanduser()
-            load_weights_file(model, path)
+            path = Path(cfg.weights_file).expanduser().resolve()
+            loaded = load_weights_file(model, path, keep_head=keep_head)
             source = f"file:{path}"
+            file_info = {"weights_file": str(path), "weights_sha256": file_sha256(path),
+                         "weights_layout": loaded["layout"]}
 
     from timm.data import resolve_data_config
 
     resolved = resolve_data_config(model=model)
     data_config = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in resolved.items() if k in DATA_CONFIG_KEYS}
-    return Backbone(model=model, timm_name=timm_name, weight_tag=tag if source != "none" else None,
-                    pretrained_source=source, data_config=data_config)
+    preprocessing_from = f"timm pretrained_cfg of {create_name}"
+    overridden = [key for key in ("mean", "std") if getattr(cfg, key, None)]
+    for key in overridden:
+        values = [float(v) for v in getattr(cfg, key)]
+        data_config[key] = tuple(values * 3 if len(values) == 1 else values)
+    if overridden:
+        preprocessing_from += f"; {' and '.join(overridden)} from the settings"
+    if source.startswith("file:"):
+        weight_tag = f"file:{file_info['weights_sha256'][:12]}"
+    else:
+        weight_tag, file_info = (tag if source != "none" else None), {}
+    return Backbone(model=model, timm_name=timm_name, weight_tag=weight_tag, pretrained_source=source,
+                    data_config=data_config, preprocessing_from=preprocessing_from, **file_info)
 
 
 def _weights_tag(cfg) -> str | None:
@@ -105,48 +130,141 @@ def _first_line(e: Exception) -> str:
 # ------------------------------------------------------------------------------------------------
 # Local weights files
 # ------------------------------------------------------------------------------------------------
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")     # {"state_dict": {...}, "epoch": 90} and alike
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")                   # DataParallel/DDP and torch.compile
+_FIX = "pass a .safetensors file or a PyTorch state dict saved with torch.save(model.state_dict(), path)"
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sniff(head: bytes) -> str:
+    """The file's format from its first bytes: safetensors | zip (torch.save) | pickle (legacy
+    torch.save, plain pickle) | empty | unknown."""
+    if not head:
+        return "empty"
+    if len(head) >= 9 and head[8:9] == b"{":  # 8-byte little-endian header length, then a JSON header
+        return "safetensors"
+    if head[:2] == b"PK":
+        return "zip"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:  # pickle PROTO opcode
+        return "pickle"
+    return "unknown"
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors or a PyTorch file (weights_only: no arbitrary code runs),
-    unwrapped from {"state_dict": ...} / {"model": ...} and from DataParallel/compile prefixes."""
+    """A state dict from safetensors or a PyTorch file, unwrapped from {"state_dict": ...} /
+    {"model": ...} and from DataParallel/compile prefixes.
+
+    PyTorch files are read with weights_only=True: a pickle that would build any other Python
+    object (and so could run code) is refused, never executed. Every failure is one ModelError
+    line in our own words: neither torch's advice to switch that safety off nor its warnings reach
+    the user.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"{path} is a directory, not a weights file; {_FIX}")
     try:
         with open(path, "rb") as f:
-            head = f.read(9)
+            head = f.read(16)
     except OSError as e:
-        raise ModelError(f"cannot read weights file {path}: {e.strerror}") from None
+        raise ModelError(f"cannot read weights file {path}: {e.strerror or e}") from None
+    kind = sniff(head)
+    if kind in ("empty", "unknown"):
+        what = "is empty" if kind == "empty" else (
+            "is not a weights file (neither safetensors nor a PyTorch checkpoint"
+            + ("; it looks like text)" if _looks_like_text(head) else ")"))
+        if kind == "unknown" and path.suffix == ".safetensors":
+            what = "is not a valid safetensors file (its header is unreadable: damaged, or not safetensors)"
+        raise ModelError(f"weights file {path} {what}; {_FIX}")
     try:
-        if head[8:9] == b"{":  # safetensors: 8-byte header length, then a JSON header
+        if kind == "safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path), device="cpu")
+            state: Any = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as e:
-        raise ModelError(
-            f"cannot load weights file {path} ({_first_line(e) or type(e).__name__}); it must be .safetensors "
-            f"or a PyTorch state dict saved with torch.save(model.state_dict(), path)"
-        ) from None
-    for key in ("state_dict", "model"):
+            with warnings.catch_warnings():  # torch warns about pickle protocols, mmap, ...: not the user's business
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise ModelError(f"weights file {path} is too large to load into memory") from None
+    except Exception as e:  # noqa: BLE001 - every loader failure is a property of the file
+        raise ModelError(f"cannot load weights file {path}: {_load_failure(kind, e)}; {_FIX}") from None
+    return unwrap_state_dict(state, path)
+
+
+def _looks_like_text(head: bytes) -> bool:
+    return all(32 <= b < 127 or b in (9, 10, 13) for b in head)
+
+
+def _load_failure(kind: str, e: Exception) -> str:
+    """Why a file of this format did not load, said without quoting torch's advice."""
+    text = str(e)
+    if kind == "safetensors":
+        return "the safetensors file is truncated or damaged"
+    if "Weights only load failed" in text or isinstance(e, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found or "global" in text.lower():
+            what = f" ({found.group(1)})" if found else ""
+            return (f"it holds Python objects other than tensors{what}, which rextransfer refuses to unpickle "
+                    f"because unpickling them can run code")
+        if kind == "zip":
+            return "the PyTorch file is truncated or damaged"
+        return "it is not a PyTorch state dict (an unsupported or damaged pickle)"
+    if kind == "zip" or isinstance(e, (RuntimeError, EOFError)):
+        return "the PyTorch file is truncated or damaged"
+    return f"unreadable PyTorch file ({type(e).__name__})"
+
+
+def unwrap_state_dict(state: Any, path: Path | str) -> dict[str, torch.Tensor]:
+    """{name: tensor} from a checkpoint's common wrappers (WRAPPER_KEYS, WRAPPER_PREFIXES)."""
+    for key in WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+            break
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"weights file {path} holds no state dict (a mapping of parameter names to tensors)")
-    for prefix in ("module.", "_orig_mod."):  # DataParallel/DDP and torch.compile wrappers
-        if all(k.startswith(prefix) for k in state):
+    for prefix in WRAPPER_PREFIXES:
+        if all(str(k).startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
+    return {str(k): v for k, v in state.items()}
 
 
-def load_weights_file(model: torch.nn.Module, path: Path) -> None:
-    """Load every backbone tensor of `model` from a file in timm's key format; keep the new head.
+def load_weights_file(model: torch.nn.Module, path: Path, keep_head: bool = False) -> dict:
+    """Load every backbone tensor of `model` from a weights file; keep the new head.
 
-    The file's own classifier (any size, or none) is ignored. Anything else that does not match
-    -- a missing or extra key, a different shape -- is a one-line ModelError: a partial load would
-    silently fine-tune a half-random network.
+    A file in timm's key format must match exactly (its own classifier, of any size or none, is
+    ignored): a missing or extra key or a different shape is a one-line ModelError, since a
+    partial load would silently fine-tune a half-random network. A file with foreign key names
+    (most of its keys are not the model's) is imported on the fly by models/importer.py, whose
+    order-and-shape rule is as strict. `keep_head` also loads the file's classifier when it has
+    the model's size (evaluating ImageNet weights on ImageNet classes).
+
+    Returns what was loaded: {"layout": "timm" | "imported", "sha256", "mapping" (imported only)}.
     """
     state = read_state_dict(path)
     head = head_parameter_names(model)
-    expected = {k: v for k, v in model.state_dict().items() if k not in head}
-    backbone = {k: v for k, v in state.items() if k not in head}
+    expected = model.state_dict()
+    info: dict = {"layout": "timm"}
+    if sum(k in expected for k in state) * 2 < len(state):
+        from .importer import map_onto, require_saved_order
+
+        require_saved_order(path)
+        imported = map_onto(state, model, origin=str(path))
+        log(f"{path}: foreign key names, imported onto {imported.arch} by order and shape "
+            f"({len(imported.mapping)} tensors{'; ' + imported.head_note if imported.head_note else ''})")
+        state = imported.state
+        info = {"layout": "imported", "mapping": imported.mapping}
+    keep = {k for k in head if keep_head and k in state and state[k].shape == expected[k].shape}
+    backbone = {k: v for k, v in state.items() if k not in head or k in keep}
+    expected = {k: v for k, v in expected.items() if k not in head or k in keep}
     # BN step counters are bookkeeping, not weights; exporters often drop them.
     missing = [k for k in expected if k not in backbone and not k.endswith("num_batches_tracked")]
     extra = [k for k in backbone if k not in expected]
@@ -166,6 +284,8 @@ def load_weights_file(model: torch.nn.Module, path: Path) -> None:
             f"model and width, in timm's key format"
         )
     model.load_state_dict(backbone, strict=False)
+    info["head_loaded"] = bool(keep)
+    return info
 
 
 def head_parameter_names(model: torch.nn.Module) -> set[str]:

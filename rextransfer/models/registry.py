@@ -267,6 +267,8 @@ def ensure_weights_available(cfg) -> str:
         return "none"
     if cfg.weights_file:
         path = Path(cfg.weights_file).expanduser()
+        if path.is_dir():
+            raise ModelError(f"--weights {path} is a directory, not a weights file; pass the .safetensors or .pt/.pth file itself")
         if not path.is_file():
             raise ModelError(f"weights file not found: {path} (pass a .safetensors file or a PyTorch state dict)")
         return "file"
