@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,9 +67,20 @@ def export_run(run_dir: Path, fmt: str, *, out: Path | None = None, checkpoint: 
         WRITERS[fmt](folder, model, classes, prep, run, result)
         result.files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
 
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        write(Path(out))
+    if out:  # into a temp folder beside it first: a failed check leaves nothing behind
+        import shutil
+        import tempfile
+
+        target = Path(out)
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{fmt}.", suffix=".tmp", dir=target))
+        try:
+            write(tmp)
+            for name in result.files:
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp / name, target / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     else:
         run.write_export(fmt, write)
     if push_to_hub:
