@@ -236,10 +236,12 @@ def test_datasets_command_lists_facts_and_what_is_present(tmp_path):
     rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 5}
     assert {"food101", "cars", "aircraft", "flowers102"} <= set(rows)
     cells = lambda name: [c.strip() for c in rows[name].split("│")[1:-1]]
-    assert cells("flowers102")[2:] == ["102", "2,040", "6,149", "mean_class_acc", "yes"]
-    assert cells("food101")[2:] == ["101", "75,750", "25,250", "top1", "no"]
-    assert cells("cars")[2:] == ["196", "8,144", "8,041", "top1", "no"]
-    assert cells("aircraft")[2:] == ["100", "6,667", "3,333", "mean_class_acc", "no"]
+    assert cells("flowers102")[2:] == ["102", "2,040", "6,149", "mean_class_acc", "dpdl-benchmark/oxford_flowers102", "yes"]
+    assert cells("food101")[2:] == ["101", "75,750", "25,250", "top1", "ethz/food101", "no"]
+    assert cells("cars")[2:] == ["196", "8,144", "8,041", "top1", "tanganke/stanford_cars", "no"]
+    assert cells("aircraft")[2:] == ["100", "6,667", "3,333", "mean_class_acc", "Donghyun99/FGVC-Aircraft", "no"]
+    # and whom to cite, with the dataset's home page
+    assert "flowers102: Nilsback, Zisserman" in result.output and "robots.ox.ac.uk/~vgg/data/flowers/102" in result.output
 
 
 def test_datasets_command_reads_the_data_root_from_the_environment(tmp_path):
