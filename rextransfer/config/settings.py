@@ -202,7 +202,7 @@ RANGES: dict[str, Range] = {
     "rrc_scale_min": Range(0, 1, low_open=True),
     "crop_pct": Range(0, 1, low_open=True, off=0, off_means="the weights' default"),
     "step_milestones": Range(0, 1, low_open=True, high_open=True),  # fractions of training
-    "step_gamma": Range(0, 1, low_open=True),
+    "step_gamma": Range(0, None, low_open=True),  # > 0; usually < 1 (a decay), > 1 raises the lr at the milestones
     "mixup": NON_NEGATIVE, "cutmix": NON_NEGATIVE,  # Beta(alpha, alpha) parameters; 0 = off
     "mix_prob": Range(0, 1),
     "ema_decay": Range(0, 1, low_open=True, high_open=True),  # 1 would never move, 0 is no average
