@@ -9,7 +9,7 @@
   `get_params` draws from the global RNG).
 * The `Finisher`: uint8 pixels -> the model's normalised float input, in two placements with the
   same arithmetic: `samples` crops and resizes image by image (CPU device: in the loader threads,
-  torch's uint8 antialiased kernel), `crops` does a whole batch of whole images in one batched op
+  torch's uint8 antialiased kernel), `crops` does a whole batch of whole images in batched ops
   on the device (GPU: two batched matmuls with per-sample antialiased-bilinear resampling matrices,
   the exact filter of `samples`, so CPU and GPU runs augment alike).
 """
@@ -120,8 +120,12 @@ def resize_u8(x: Tensor, size: tuple[int, int], mode: str = "bilinear", out: Ten
     """
     x = x.contiguous(memory_format=torch.channels_last)
     if out is not None and mode == "bilinear":
-        return torch.ops.aten._upsample_bilinear2d_aa.out(x, list(size), False, None, None, out=out)
+        # the binding F.interpolate itself calls, with out= (torch.ops.aten dispatch costs ~15 us more)
+        return _AA_BILINEAR(x, list(size), False, None, None, out=out)
     return F.interpolate(x, size=list(size), mode=mode, align_corners=False, antialias=True)
+
+
+_AA_BILINEAR = getattr(torch._C._nn, "_upsample_bilinear2d_aa", None) or torch.ops.aten._upsample_bilinear2d_aa.out
 
 
 def aa_weights(start: Tensor, length: Tensor, in_size: int, out_size: int, dtype: torch.dtype) -> Tensor:
@@ -173,17 +177,17 @@ class Finisher:
         while it is in the CPU cache (no per-image float tensors, no stacking copy)."""
         out = self._empty(len(sources))
         planar = torch.empty((1, 3, self.size, self.size), dtype=torch.uint8)
-        for k, (src, box, flip) in enumerate(zip(sources, boxes, flips)):
+        scale, shift, size = self.scale[0], self.shift[0], (self.size, self.size)
+        for slot, src, box, flip in zip(out.unbind(0), sources, boxes, flips):
             top, left, h, w = box or (0, 0, *src.shape[:2])
             # rows of the box: one memcpy each (a mirrored numpy view would copy byte by byte,
             # measured 0.4 ms per image); torch mirrors the small result instead
-            region = torch.from_numpy(np.ascontiguousarray(src[top: top + h, left: left + w]))
-            region = region.permute(2, 0, 1).unsqueeze(0)
-            if (h, w) != (self.size, self.size):
-                region = resize_u8(region, (self.size, self.size), out=planar)
+            region = torch.from_numpy(np.ascontiguousarray(src[top: top + h, left: left + w])).permute(2, 0, 1)[None]
+            if (h, w) != size:
+                region = resize_u8(region, size, out=planar)
             if flip:
                 region = region.flip(3)
-            out[k].copy_(region[0]).mul_(self.scale[0]).add_(self.shift[0])
+            slot.copy_(region[0]).mul_(scale).add_(shift)
         return out
 
     def batch(self, x: Tensor, crops: str | None) -> Tensor:
