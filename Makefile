@@ -15,7 +15,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/rextransfer demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist worksteal  # one worker per core (pytest-xdist)
 
 bench: $(VENV)/.installed
 	$(PY) bench/pipeline.py

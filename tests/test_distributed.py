@@ -3,7 +3,6 @@ numbers, and `torchrun --nnodes=2` (two "nodes" on this machine) trains one run 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +12,12 @@ import torch
 import torch.multiprocessing as mp
 
 from rextransfer.train.distributed import shard
+from faultkit import free_port
 from synthetic import make_patterns
 
 DATA_CONFIG = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop_pct": 0.875, "interpolation": "bilinear"}
 CLASSES = 4
 METRICS = ("top1", "top5", "mean_class_acc", "loss")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -76,17 +76,23 @@ def test_resume_pointing_at_a_file(tmp_path):
 
 
 # -- one process per run, from any working directory ---------------------------------------------------
-@pytest.mark.slow  # two training processes and 3 epochs in all: ~30 s idle, minutes on a shared machine
+@pytest.mark.slow  # two training processes and 5 short epochs in all: ~30 s idle, minutes on a shared machine
 def test_a_second_finetune_of_the_same_run_refuses_at_once_and_the_first_resumes_from_elsewhere(data, tmp_path):
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
     shutil.copytree(data, home / "pat")
     elsewhere.mkdir()
     runs = tmp_path / "runs"
     run = runs / "pat" / "same"
-    first = start("finetune", "pat", "--runs-dir", runs, "--name", "same", "--epochs", "3", *FAST, cwd=home)
-    wait_lines(run / "config.yaml", 1, first)
+    first = start("finetune", "pat", "--runs-dir", runs, "--name", "same", "--epochs", "5", *FAST, cwd=home)
+    wait_lines(run / "config.yaml", 1, first)  # written after the lock is taken
+    # Paused while the second one starts, so it cannot finish first on a fast machine (CI did: the
+    # second process's own start-up took longer than the first one's 3 epochs).
+    first.send_signal(signal.SIGSTOP)
     began = time.monotonic()
-    second = rx("finetune", "pat", "--runs-dir", runs, "--name", "same", "--epochs", "3", *FAST, cwd=home)
+    try:
+        second = rx("finetune", "pat", "--runs-dir", runs, "--name", "same", "--epochs", "5", *FAST, cwd=home)
+    finally:
+        first.send_signal(signal.SIGCONT)
     one_line(second, 5, r"in use by another rextransfer process \(pid \d+\)")
     assert time.monotonic() - began < 60 and first.poll() is None  # refused at once, the first one untouched
     wait_lines(run / "metrics.jsonl", 1, first)
@@ -98,7 +104,7 @@ def test_a_second_finetune_of_the_same_run_refuses_at_once_and_the_first_resumes
     done = rx("finetune", "--resume", run, cwd=elsewhere)
     assert done.returncode == 0, done.stderr
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3]  # every epoch once: the refused process wrote nothing
+    assert epochs == [1, 2, 3, 4, 5]  # every epoch once: the refused process wrote nothing
     assert json.loads((run / "summary.json").read_text())["status"] == "complete"
 
 

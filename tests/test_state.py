@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from faultkit import free_port
 from synthetic import make_patterns
 
 SETTINGS = ["model=rexnet", "pretrained=false", "img_size=32", "batch_size=16", "workers=0", "epochs=6",
@@ -105,7 +106,7 @@ def test_rerunning_the_same_name_with_other_settings_is_refused(data, tmp_path):
 def test_ddp_two_processes_gloo_write_one_run_folder(data, tmp_path):
     runs = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "-m", "rextransfer.cli", "finetune", str(data), "--runs-dir", str(runs), *sets("epochs=2", "device=cpu")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
