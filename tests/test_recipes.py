@@ -258,6 +258,21 @@ def test_hyperrule_changes_at_each_size_threshold():
     assert below[19_999]["probe_epochs"] == 1 and above[20_000]["probe_epochs"] == 0
 
 
+def test_below_1000_images_the_rule_keeps_the_pretrained_features_but_not_for_a_scratch_run():
+    few, more, scratch = recipes.hyperrule(999), recipes.hyperrule(1_000), recipes.hyperrule(999, pretrained=False)
+    assert (few["head_init"], few["probe_epochs"], few["bn_momentum"]) == ("ncm", 0, "0.01")
+    assert (more["head_init"], more["probe_epochs"], "bn_momentum" in more) == ("ncm", 1, False)
+    assert (scratch["head_init"], scratch["probe_epochs"], "bn_momentum" in scratch) == ("zero", 1, False)
+    assert recipes.hyperrule(20_000)["head_init"] == "zero"
+    # The lr: a tenth of the recipe's, unless set explicitly or from scratch.
+    folder_lr = recipes.load_recipe("folder").settings["lr"]
+    assert resolve(dataset="./photos", recipe="folder", n_train=63).lr == pytest.approx(folder_lr / 10)
+    assert resolve(dataset="./photos", recipe="folder", n_train=1_000).lr == folder_lr
+    assert resolve(dataset="./photos", recipe="folder", n_train=63, flags={"lr": 0.01}).lr == 0.01
+    cold = resolve(dataset="./photos", recipe="folder", n_train=63, flags={"pretrained": False})
+    assert (cold.lr, cold.head_init, cold.bn_momentum) == (folder_lr, "zero", "default")
+
+
 @pytest.mark.parametrize("n_train, steps, epochs_at_most", [
     (1_000, 800, 100), (10_000, 4_000, 100), (30_000, 46_800, 100), (100_000, 80_000, 100), (1_000_000, 160_000, 100),
 ])

@@ -142,6 +142,14 @@ def _layers(recipe: Recipe, model: str) -> tuple[dict[str, Any], dict[str, Any]]
 # ------------------------------------------------------------------------------------------------
 HYPERRULE_BATCH = 64      # the batch the step counts below are for (BiT: 512)
 HYPERRULE_MAX_EPOCHS = 100
+# Few-shot: below this many training images the pretrained features are worth more than what SGD on
+# a handful of augmented crops can teach them. Measured on 63 real dog photos (21 breeds, 3 each;
+# MobileNetV2, 128 px, 30 steps; bench/transfer.py): with lr ~ 0, train-mode BN running stats alone
+# drift the score from 87.5 to 52.3 % (momentum 0.01 keeps it); the lr then decides (0.00625: 66 %,
+# 0.002: 72 %, 0.001: 83 %, 0.0005: 86 %).
+FEW_SHOT = 1_000
+FEW_SHOT_LR_FACTOR = 0.1    # x the recipe's lr
+FEW_SHOT_BN_MOMENTUM = 0.01 # running stats move 1 % per step (PyTorch's default 10 %)
 # (size below which the tier applies, BiT steps at batch 512, BiT warmup, BiT decay points, mixup)
 _BIT_TIERS = (
     (5_000, 100, 10, (20, 50, 80), 0.0),
@@ -151,7 +159,7 @@ _BIT_TIERS = (
 )
 
 
-def hyperrule(n_train: int) -> dict:
+def hyperrule(n_train: int, pretrained: bool = True) -> dict:
     """Schedule settings from the training-set size, after BiT's HyperRule (bit_hyperrule.py).
 
     BiT fine-tunes at batch 512 for a fixed number of images per size tier, warms up linearly,
@@ -160,22 +168,27 @@ def hyperrule(n_train: int) -> dict:
     run, and MixUp alpha 0.1 from 20k images. Adapted: steps are counted at our batch of 64 (BiT's
     steps x 8), and the run is capped at 100 epochs — BiT's budget would be 256 epochs for a
     20k-image folder, far more than our fine-tunes need. Added: a head-only first epoch
-    (Kumar et al. 2022 LP-FT) below 20k images, and ~10 evaluations per run.
+    (Kumar et al. 2022 LP-FT) below 20k images from a head set to the classes' mean features
+    (head_init=ncm), ~10 evaluations per run, and a few-shot tier below 1,000 images (FEW_SHOT:
+    lr x 0.1, BN momentum 0.01, no head-only epoch; measured, see FEW_SHOT).
 
-        n_train        steps @ 64 (cap 100 ep)   warmup   lr x0.1 at      mixup  probe  images seen
-        < 5,000        800                       10 %     20/50/80 %      0      1      51k  (BiT 100 x 512)
-        5k - 20k       4,000                     20 %     40/60/80 %      0      1      256k (BiT 500 x 512)
-        20k - 500k     80,000                    5 %      30/60/90 %      0.1    0      5.1M (BiT 10k x 512)
-        >= 500k        160,000                   2.5 %    30/60/90 %      0.1    0      10M  (BiT 20k x 512)
+        n_train        steps @ 64 (cap 100 ep)   warmup   lr x0.1 at      mixup  head  probe  images seen
+        < 1,000        800 (few-shot: see above) 10 %     20/50/80 %      0      ncm   0      51k  (BiT 100 x 512)
+        1k - 5k        800                       10 %     20/50/80 %      0      ncm   1      51k  (BiT 100 x 512)
+        5k - 20k       4,000                     20 %     40/60/80 %      0      ncm   1      256k (BiT 500 x 512)
+        20k - 500k     80,000                    5 %      30/60/90 %      0.1    zero  0      5.1M (BiT 10k x 512)
+        >= 500k        160,000                   2.5 %    30/60/90 %      0.1    zero  0      10M  (BiT 20k x 512)
 
     e.g. 1,000 images -> 800 steps (53 epochs); 10,000 -> 4,000 steps (26 epochs); 30,000 ->
     46,800 steps (100 epochs, capped); 100,000 -> 80,000 steps (51 epochs). Resolution stays at
     the backbones' 224 px (BiT's resolution rule keys on image size, for its own 480-px models).
-    `resolve_run_config` applies these below every explicit setting.
+    `resolve_run_config` applies these below every explicit setting. From scratch
+    (`pretrained=False`) there are no features to keep: a zero head and none of the few-shot tier.
     """
     if n_train <= 0:
         raise UsageError(f"the training set is empty (n_train={n_train})")
     _, bit_steps, bit_warmup, bit_decays, mixup = next(t for t in _BIT_TIERS if n_train < t[0])
+    few_shot = pretrained and n_train < FEW_SHOT
     budget_steps = bit_steps * 512 // HYPERRULE_BATCH
     steps_per_epoch = max(1, n_train // HYPERRULE_BATCH)
     steps = min(budget_steps, HYPERRULE_MAX_EPOCHS * steps_per_epoch)
@@ -189,8 +202,12 @@ def hyperrule(n_train: int) -> dict:
         "step_gamma": 0.1,
         "mixup": mixup,
         "img_size": 224,
-        "probe_epochs": 1 if n_train < 20_000 else 0,
+        # LP-FT (Kumar et al. 2022) below 20k images: the head starts at the classes' mean features
+        # (train/head.py: step 0 = nearest class mean), then a head-only epoch, then everything.
+        "head_init": "ncm" if n_train < 20_000 and pretrained else "zero",
+        "probe_epochs": 0 if few_shot else 1 if n_train < 20_000 else 0,
         "eval_every": max(1, round(epochs / 10)),
+        **({"bn_momentum": str(FEW_SHOT_BN_MOMENTUM)} if few_shot else {}),
     }
 
 
@@ -238,11 +255,15 @@ def resolve_run_config(dataset: str, *, recipe: str, model_hint: str | None, con
         for values, origin in [*backbone, (settings, where), (override, where), *upper]:
             data_cfg = apply(data_cfg, values, origin)
         n_train = count_train(apply(data_cfg, {"dataset": dataset}, "the command line"))
-    rule = hyperrule(n_train) if doc.hyperrule and n_train else None
     lower = [*backbone, (settings, where)]
-    if rule is not None:
-        lower.append((rule, f"{where} hyperrule(n_train={n_train})"))
     above_rule = [(override, f"{where} models.{model_key(model)}"), *upper]
+    rule = None
+    if doc.hyperrule and n_train:
+        pretrained = Config()
+        for values, origin in lower + above_rule:
+            pretrained = apply(pretrained, values, origin)
+        rule = hyperrule(n_train, pretrained=pretrained.pretrained)
+        lower.append((rule, f"{where} hyperrule(n_train={n_train})"))
     layers = lower + above_rule
 
     cfg = Config()
@@ -274,4 +295,6 @@ def _follow_rule(cfg: Config, rule: dict, set_above: set[str], n_train: int) -> 
         changes["warmup_steps"] = round(total * rule["warmup_steps"] / rule["steps"])
     if "eval_every" not in set_above:
         changes["eval_every"] = max(1, round(total / steps_per_epoch / 10))
+    if cfg.pretrained and n_train < FEW_SHOT and "lr" not in set_above and cfg.lr != "auto":
+        changes["lr"] = float(f"{cfg.lr * FEW_SHOT_LR_FACTOR:.6g}")
     return apply(cfg, changes, "hyperrule") if changes else cfg

@@ -55,7 +55,7 @@ class Config:
     batch_size: int = 64              # global images per optimizer step (all devices x accumulation)
     grad_accum: int = 1               # micro-batches per optimizer step
     optimizer: str = "sgd"            # sgd (Nesterov) | adamw
-    lr: float = 0.01                  # peak learning rate at batch_size (absolute, not per-256); "auto" = an lr-find sweep picks it first; "auto" = an lr-find sweep picks it first
+    lr: float = 0.01                  # peak learning rate at batch_size (absolute, not per-256); "auto" = an lr-find sweep picks it first
     momentum: float = 0.9             # SGD momentum / AdamW beta1
     nesterov: bool = True             # Nesterov momentum for SGD (Kornblith et al. 2019)
     weight_decay: float = 0.0         # decoupled for AdamW, L2 for SGD; no decay on norms and biases
@@ -69,8 +69,7 @@ class Config:
     mix_prob: float = 1.0             # probability a batch is mixed when mixup/cutmix > 0
     ema: bool = False                 # keep an EMA of the weights and evaluate it
     ema_decay: float = 0.999          # per optimizer step
-    zero_head: bool = True            # zero-init the new classifier (BiT): no random logits at step 0
-    probe_head: bool = False          # LP-FT (Kumar et al. 2022): start the head from a converged linear probe on frozen features (train/probe.py); replaces zero_head
+    head_init: str = "zero"           # zero (BiT: no random logits at step 0) | random (timm's init) | ncm (the classes' mean frozen features: step 0 = nearest class mean, train/head.py)
     head_lr_mult: float = 1.0         # lr multiplier of the new classifier head
     layer_decay: float = 0.0          # layer-wise lr decay (0 = off); timm param groups
     probe_epochs: int = 0             # head-only (linear probe) epochs before unfreezing
@@ -99,6 +98,7 @@ class Config:
             "bad_files": ("skip", "fail"),
             "optimizer": ("sgd", "adamw"),
             "schedule": ("cosine", "step"),
+            "head_init": ("zero", "random", "ncm"),
             "amp": ("auto", "bf16", "off"),
             "channels_last": ("auto", "on", "off"),
         }
@@ -219,8 +219,6 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         hint = f" (did you mean {', '.join(near[:3])}?)" if near else ""
         raise UsageError(f"unknown setting {key!r} in {origin}{hint}")
     kind = FIELD_TYPES[key]
-    if key == "lr" and isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"  # resolved by an lr-find sweep before training (train/lr_find.py)
     if key == "lr" and isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"  # resolved by an lr-find sweep before training (train/lr_find.py)
     bad = UsageError(f"setting {key!r} in {origin} must be {_type_name(kind)}; got {value!r}")

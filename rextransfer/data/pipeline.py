@@ -293,13 +293,16 @@ class Pipeline:
 
         return self._run(self._cache_batches(cache), jobs_of_steps())
 
-    def eval_batches(self, samples: SampleSet, start: int = 0, stop: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    def eval_batches(self, samples: SampleSet, start: int = 0, stop: int | None = None,
+                     cached: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
         """Samples start..stop (default: all) in order: shorter side to S, center crop S, center crop
         img_size; normalised. Batches are eval_batch() samples counted from `start` (a shard of an
-        evaluation split across ranks starts at a multiple of it, so its batches are the same)."""
+        evaluation split across ranks starts at a multiple of it, so its batches are the same).
+        `cached=False` reads the files even with the pixel cache on (one pass that is not worth a
+        cache on disk, e.g. the training images' features for head_init=ncm); the pixels are the same."""
         n, eb = len(samples) if stop is None else stop, self.eval_batch()
         spans = [(a, min(n, a + eb)) for a in range(start, n, eb)]
-        if not self.cfg.cache:
+        if not self.cfg.cache or not cached:
             jobs = [("eval", list(range(a, b))) for a, b in spans]
             dataset = _FileBatches(samples, self.img_size, self.resize, self.interpolation, self.scale,
                                    self._worker_finisher())

@@ -155,7 +155,7 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
     # 5. Model (seeded: the new head's init is part of the run's identity).
     seed_everything(cfg.seed)
     backbone = models.build_backbone(cfg, num_classes=len(splits.classes))
-    if cfg.zero_head:
+    if cfg.head_init == "zero":  # random: as timm built it; ncm: set from the features below (train/head.py)
         models.zero_head(backbone.model)
     costs = models.model_costs(backbone.model, cfg.img_size)
     from ..data.pipeline import Pipeline
@@ -206,6 +206,10 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
 
         model = model.to(memory_format=torch.channels_last)
     base = _summary_base(cfg, run, splits, backbone, costs, device)
+    if checkpoint is None:
+        base["head"] = _init_head(cfg, model, pipeline, splits, device, dist)
+    else:  # a resumed run's head is in its checkpoint; how it started is in the summary so far
+        base["head"] = (run.summary() or {}).get("head", {"head_init": cfg.head_init})
     from .loggers import make_loggers
 
     loggers = make_loggers(cfg, run, dist.main)  # rank 0 only; one that cannot start is a warning
@@ -285,6 +289,18 @@ def _interpret(cfg: Config, run: RunDir, splits, model, pipeline, device) -> Non
         log(f"[yellow]warning: no top_losses.png / predictions.csv ({type(e).__name__}: {str(e)[:200]})[/]")
 
 
+def _init_head(cfg: Config, model, pipeline, splits, device, dist) -> dict:
+    """The new classifier's start (train/head.py), logged; what it returns goes in summary.json."""
+    from .head import init_head
+    from .loop import autocast_for
+
+    fitted = init_head(cfg, model, pipeline, splits.train, len(splits.classes), autocast_for(cfg, device), dist)
+    if fitted:
+        log(f"head: the class means of {fitted['head_images']} training images' frozen features (nearest class mean; "
+            f"train top-1 {fitted['head_train_top1']:.1f} %, {fitted['head_s']:.1f} s)")
+    return fitted or {"head_init": cfg.head_init}
+
+
 def _result_settings(cfg: Config) -> dict:
     """The settings that shape a run's result (all but RESUME_FREE)."""
     return {k: v for k, v in cfg.to_dict().items() if k not in RESUME_FREE}
@@ -312,7 +328,7 @@ def _env(cfg, device, dist, splits, backbone, weight_source, scans) -> dict:
         "rextransfer": __version__, "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": torchvision.__version__, "timm": timm.__version__, "platform": platform.platform(),
         "device": str(device), "gpu": gpu, "cuda": torch.version.cuda, "world_size": dist.world,
-        "timm_name": backbone.timm_name, "weight_tag": backbone.weight_tag,
+        "timm_name": backbone.timm_name, "weight_tag": backbone.weight_tag, **_weights_record(backbone),
         "pretrained_source": backbone.pretrained_source, "weights_check": weight_source,
         "preprocessing": {**backbone.data_config, "img_size": cfg.img_size,
                           "crop_pct_used": cfg.crop_pct or backbone.data_config.get("crop_pct")},
@@ -324,12 +340,22 @@ def _env(cfg, device, dist, splits, backbone, weight_source, scans) -> dict:
     }
 
 
+def _weights_record(backbone) -> dict:
+    """What the weights really were, for env.json and summary.json: a --weights file by path and
+    sha256 (its weight_tag is "file:<sha256 prefix>", not the hub tag its preprocessing comes from)."""
+    if not backbone.weights_file:
+        return {}
+    return {"weights_file": backbone.weights_file, "weights_sha256": backbone.weights_sha256,
+            "weights_layout": backbone.weights_layout}
+
+
 def _summary_base(cfg, run, splits, backbone, costs, device) -> dict:
     from .distributed import device_name
 
     return {
         "run_name": run.path.name, "dataset": run.path.parent.name, "model": cfg.model, "width": cfg.width,
         "timm_name": backbone.timm_name, "weight_tag": backbone.weight_tag, "pretrained": cfg.pretrained,
+        **_weights_record(backbone),
         "recipe": cfg.recipe, "seed": cfg.seed, "img_size": cfg.img_size, "num_classes": len(splits.classes),
         "train_size": len(splits.train), "eval_size": len(splits.eval), "eval_split": splits.eval_split,
         "headline_metric": splits.metric, "params_m": costs["params_m"], "gmacs": costs["gmacs"], "device": device_name(device),
