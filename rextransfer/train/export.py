@@ -209,7 +209,8 @@ def model_card(run: RunDir, classes: list[str], prep: dict, config: dict, checkp
                  else f"the last weights (epoch {summary.get('epochs', '?')})")
         lines += ["", f"Headline metric: {summary.get('headline_metric', 'top1')}. These weights are {which}.", ""]
     keys = ("recipe", "epochs", "steps", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_steps",
-            "label_smoothing", "mixup", "cutmix", "ema", "probe_epochs", "layer_decay", "head_lr_mult", "img_size", "seed")
+            "label_smoothing", "mixup", "cutmix", "ema", "head_init", "probe_epochs", "bn_momentum", "layer_decay", "head_lr_mult",
+            "img_size", "seed")
     lines += ["## Training recipe", "", *[f"- {k}: {stored[k]}" for k in keys if k in stored], ""]
     size = prep["input_size"][-1]
     lines += ["## Preprocessing", "",
