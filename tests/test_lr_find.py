@@ -72,17 +72,18 @@ def test_lr_find_command_prints_a_suggestion_and_writes_the_plot(data, tmp_path)
         assert im.size[0] >= 600
 
 
-def test_finetune_lr_auto_trains_as_with_the_suggested_lr_given(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("head", ["zero", "ncm"])  # ncm: the sweep starts from the run's class-mean head
+def test_finetune_lr_auto_trains_as_with_the_suggested_lr_given(data, tmp_path, monkeypatch, head):
     from rextransfer.train import lr_find
 
     monkeypatch.setattr(lr_find, "SWEEP_STEPS", 30)  # a shorter sweep, same code path
-    auto = train_tiny(data, tmp_path, "auto", lr="auto")
+    auto = train_tiny(data, tmp_path, "auto", lr="auto", head_init=head)
     stored = yaml.safe_load((auto / "config.yaml").read_text())
     found = json.loads((auto / "env.json").read_text())["lr_find"]
     assert stored["lr"] == found["suggested_lr"] and math.isfinite(stored["lr"])
     assert found["rule"] == "valley" and found["steps"] <= found["planned_steps"] == 30
     assert (auto / "lr_find.png").exists()
-    given = train_tiny(data, tmp_path, "given", lr=stored["lr"])
+    given = train_tiny(data, tmp_path, "given", lr=stored["lr"], head_init=head)
     a, b = load_file(str(auto / "checkpoints" / "best.safetensors")), load_file(str(given / "checkpoints" / "best.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 

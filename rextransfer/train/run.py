@@ -261,7 +261,13 @@ def _lr_auto(cfg: Config, model, pipeline, splits, device, dist) -> tuple[Config
         from ..models.build import head_parameter_names
 
         log("lr: auto — sweeping the learning rate first (fastai's lr_find, valley rule)")
-        sweep = sweep_lr(cfg, model.to(device), head_parameter_names(model), pipeline, splits.train, device)
+        model = model.to(device)
+        if cfg.head_init == "ncm":  # sweep from the head the run starts from (set again, identically, before training)
+            from .head import init_head
+            from .loop import autocast_for
+
+            init_head(cfg, model, pipeline, splits.train, len(splits.classes), autocast_for(cfg, device))
+        sweep = sweep_lr(cfg, model, head_parameter_names(model), pipeline, splits.train, device)
         if not math.isfinite(sweep.suggestion):
             raise TrainingError("the lr sweep found no usable learning rate (the loss was never finite); give --lr")
         log(f"lr-find: suggested lr {sweep.suggestion:.3g} (swept {sweep.start:g} to {sweep.end:g} in {len(sweep.lrs)} steps)")
