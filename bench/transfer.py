@@ -97,6 +97,7 @@ def frozen(data: Path, weights: Path, img_size: int) -> dict:
     from rextransfer.data import get_splits
     from rextransfer.data.pipeline import Pipeline
     from rextransfer.models.build import build_backbone
+    from rextransfer.train.head import frozen_features
 
     start = time.perf_counter()
     cfg = Config(dataset=str(data), model=MODEL, weights_file=str(weights), img_size=img_size, workers=0, device="cpu")
@@ -105,15 +106,7 @@ def frozen(data: Path, weights: Path, img_size: int) -> dict:
     pipeline = Pipeline(cfg, backbone.data_config, torch.device("cpu"))
     model = backbone.model.eval()
 
-    def features(samples):
-        xs, ys = [], []
-        with torch.no_grad():
-            for x, y in pipeline.eval_batches(samples):
-                xs.append(model.forward_head(model.forward_features(x), pre_logits=True))
-                ys.append(y)
-        return torch.cat(xs), torch.cat(ys)
-
-    (xtr, ytr), (xva, yva) = features(splits.train), features(splits.eval)
+    (xtr, ytr), (xva, yva) = frozen_features(model, pipeline, splits.train), frozen_features(model, pipeline, splits.eval)
     means = torch.stack([xtr[ytr == c].mean(0) for c in range(len(splits.classes))])
     ncm = torch.cdist(xva, means).argmin(1)
     return {"ncm": {"mean_class_acc": mean_class_acc(ncm, yva), "top1": 100 * (ncm == yva).float().mean().item(),

@@ -11,7 +11,7 @@ from rextransfer.core.errors import UsageError
 from rextransfer.data import get_splits
 from rextransfer.data.pipeline import Pipeline
 from rextransfer.models.build import build_backbone, zero_head
-from rextransfer.train.head import init_head
+from rextransfer.train.head import frozen_features, init_head
 from rextransfer.train.run import run_finetune
 from synthetic import make_patterns
 
@@ -21,15 +21,6 @@ SMALL = {"model": "rexnet", "pretrained": False, "img_size": 32, "batch_size": 1
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_patterns(tmp_path_factory.mktemp("head"), per_class=8, test_per_class=4)
-
-
-def features(model, pipeline, samples):
-    xs, ys = [], []
-    with torch.no_grad():
-        for x, y in pipeline.eval_batches(samples):
-            xs.append(model.forward_head(model.forward_features(x), pre_logits=True))
-            ys.append(y)
-    return torch.cat(xs), torch.cat(ys)
 
 
 def test_an_ncm_head_predicts_at_step_0_exactly_what_nearest_class_mean_predicts(data):
@@ -42,7 +33,7 @@ def test_an_ncm_head_predicts_at_step_0_exactly_what_nearest_class_mean_predicts
     fitted = init_head(cfg, model, pipeline, splits.train, len(splits.classes), contextlib.nullcontext)
     assert fitted["head_init"] == "ncm" and fitted["head_images"] == len(splits.train)
     # The reference, computed here: nearest training-class mean of the same frozen features.
-    (xtr, ytr), (xte, _) = features(model, pipeline, splits.train), features(model, pipeline, splits.eval)
+    (xtr, ytr), (xte, _) = frozen_features(model, pipeline, splits.train), frozen_features(model, pipeline, splits.eval)
     means = torch.stack([xtr[ytr == c].mean(0) for c in range(len(splits.classes))])
     nearest = torch.cdist(xte.double(), means.double()).argmin(1)
     with torch.no_grad():

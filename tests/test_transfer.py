@@ -56,6 +56,7 @@ def nearest_class_mean(dogs: Path, weights: Path) -> tuple[float, float]:
     from rextransfer.data import get_splits
     from rextransfer.data.pipeline import Pipeline
     from rextransfer.models.build import build_backbone
+    from rextransfer.train.head import frozen_features
 
     cfg = Config(dataset=str(dogs), model=MODEL, weights_file=str(weights), img_size=128, cache=False, workers=0,
                  batch_size=21)
@@ -64,15 +65,7 @@ def nearest_class_mean(dogs: Path, weights: Path) -> tuple[float, float]:
     pipeline = Pipeline(cfg, backbone.data_config, torch.device("cpu"))
     model = backbone.model.eval()
 
-    def features(samples):
-        xs, ys = [], []
-        with torch.no_grad():
-            for x, y in pipeline.eval_batches(samples):
-                xs.append(model.forward_head(model.forward_features(x), pre_logits=True))
-                ys.append(y)
-        return torch.cat(xs), torch.cat(ys)
-
-    (xtr, ytr), (xva, yva) = features(splits.train), features(splits.eval)
+    (xtr, ytr), (xva, yva) = frozen_features(model, pipeline, splits.train), frozen_features(model, pipeline, splits.eval)
     means = torch.stack([xtr[ytr == c].mean(0) for c in range(len(splits.classes))])
     pred = torch.cdist(xva, means).argmin(1)
     per_class = 100 * torch.stack([(pred[yva == c] == c).float().mean() for c in yva.unique()]).mean().item()

@@ -145,11 +145,19 @@ HYPERRULE_MAX_EPOCHS = 100
 # Few-shot: below this many training images the pretrained features are worth more than what SGD on
 # a handful of augmented crops can teach them. Measured on 63 real dog photos (21 breeds, 3 each;
 # MobileNetV2, 128 px, 30 steps; bench/transfer.py): with lr ~ 0, train-mode BN running stats alone
-# drift the score from 87.5 to 52.3 % (momentum 0.01 keeps it); the lr then decides (0.00625: 66 %,
-# 0.002: 72 %, 0.001: 83 %, 0.0005: 86 %).
+# drift the score from 87.5 to 52.3 % (eval-mode BN keeps 87.5, but collapsed at lr 0.002-0.00625, so
+# the stats are slowed to 1 %/step instead); at that momentum the lr decides (0.00625: 66 %, 0.002:
+# 72 %, 0.001: 83 %, 0.0005: 86 %).
 FEW_SHOT = 1_000
 FEW_SHOT_LR_FACTOR = 0.1    # x the recipe's lr
 FEW_SHOT_BN_MOMENTUM = 0.01 # running stats move 1 % per step (PyTorch's default 10 %)
+
+
+def few_shot(n_train: int, pretrained: bool) -> bool:
+    """Whether the few-shot tier applies: pretrained features to keep, fewer than FEW_SHOT images."""
+    return pretrained and n_train < FEW_SHOT
+
+
 # (size below which the tier applies, BiT steps at batch 512, BiT warmup, BiT decay points, mixup)
 _BIT_TIERS = (
     (5_000, 100, 10, (20, 50, 80), 0.0),
@@ -188,7 +196,7 @@ def hyperrule(n_train: int, pretrained: bool = True) -> dict:
     if n_train <= 0:
         raise UsageError(f"the training set is empty (n_train={n_train})")
     _, bit_steps, bit_warmup, bit_decays, mixup = next(t for t in _BIT_TIERS if n_train < t[0])
-    few_shot = pretrained and n_train < FEW_SHOT
+    tiny = few_shot(n_train, pretrained)
     budget_steps = bit_steps * 512 // HYPERRULE_BATCH
     steps_per_epoch = max(1, n_train // HYPERRULE_BATCH)
     steps = min(budget_steps, HYPERRULE_MAX_EPOCHS * steps_per_epoch)
@@ -205,9 +213,9 @@ def hyperrule(n_train: int, pretrained: bool = True) -> dict:
         # LP-FT (Kumar et al. 2022) below 20k images: the head starts at the classes' mean features
         # (train/head.py: step 0 = nearest class mean), then a head-only epoch, then everything.
         "head_init": "ncm" if n_train < 20_000 and pretrained else "zero",
-        "probe_epochs": 0 if few_shot else 1 if n_train < 20_000 else 0,
+        "probe_epochs": 0 if tiny else 1 if n_train < 20_000 else 0,
         "eval_every": max(1, round(epochs / 10)),
-        **({"bn_momentum": str(FEW_SHOT_BN_MOMENTUM)} if few_shot else {}),
+        **({"bn_momentum": str(FEW_SHOT_BN_MOMENTUM)} if tiny else {}),
     }
 
 
@@ -295,6 +303,6 @@ def _follow_rule(cfg: Config, rule: dict, set_above: set[str], n_train: int) -> 
         changes["warmup_steps"] = round(total * rule["warmup_steps"] / rule["steps"])
     if "eval_every" not in set_above:
         changes["eval_every"] = max(1, round(total / steps_per_epoch / 10))
-    if cfg.pretrained and n_train < FEW_SHOT and "lr" not in set_above and cfg.lr != "auto":
+    if few_shot(n_train, cfg.pretrained) and "lr" not in set_above and cfg.lr != "auto":
         changes["lr"] = float(f"{cfg.lr * FEW_SHOT_LR_FACTOR:.6g}")
     return apply(cfg, changes, "hyperrule") if changes else cfg

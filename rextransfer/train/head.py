@@ -18,6 +18,7 @@ processes each rank reads its shard and the sums are all-reduced, so every rank 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -45,7 +46,7 @@ def init_head(cfg, model: nn.Module, pipeline: Any, samples: Any, num_classes: i
                          f"use --set head_init=zero")
     start = time.perf_counter()
     dist = dist or Dist()
-    x, y = _features(model, pipeline, samples, autocast, dist)
+    x, y = frozen_features(model, pipeline, samples, autocast, dist, cached=False)  # one pass: not worth a cache
     device = head.weight.device
     sums = torch.zeros(num_classes, x.shape[1], device=device, dtype=torch.float64)
     sums.index_add_(0, y, x.double())
@@ -77,14 +78,17 @@ def init_head(cfg, model: nn.Module, pipeline: Any, samples: Any, num_classes: i
 
 
 @torch.no_grad()
-def _features(model: nn.Module, pipeline: Any, samples: Any, autocast: Any, dist: Dist) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features (float32) and labels of this rank's shard of `samples`, eval mode."""
+def frozen_features(model: nn.Module, pipeline: Any, samples: Any, autocast: Any = contextlib.nullcontext,
+                    dist: Dist | None = None, cached: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features (timm's forward_head(pre_logits=True), float32) and labels of this
+    rank's shard of `samples` (all of them for one process), eval preprocessing, eval mode."""
+    dist = dist or Dist()
     was_training = model.training
     model.eval()
     n, eb = len(samples), pipeline.eval_batch()
     first, last = shard(math.ceil(n / eb), dist.rank, dist.world)
     xs, ys = [], []
-    for images, labels in pipeline.eval_batches(samples, start=first * eb, stop=min(n, last * eb), cached=False):
+    for images, labels in pipeline.eval_batches(samples, start=first * eb, stop=min(n, last * eb), cached=cached):
         with autocast():
             features = model.forward_head(model.forward_features(images), pre_logits=True)
         xs.append(features.float().flatten(1))

@@ -166,8 +166,10 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
         return RunResult(run.path, dry_run=DryRun(cfg, splits, backbone, costs, per_epoch,
                                                   cfg.steps or cfg.epochs * per_epoch, run.path))
 
-    # 6. lr: auto -> a sweep first (rank 0; weights and RNGs restored, so the run is the same as with
+    # 6. The new head's start (train/head.py; a resumed run's is in its checkpoint), then lr: auto ->
+    #    a sweep from that head (rank 0; weights and RNGs restored, so the run is the same as with
     #    that lr given), then the run folder (rank 0 writes; the others only train).
+    head = None if resuming else _init_head(cfg, backbone.model.to(device), pipeline, splits, device, dist)
     sweep = None
     if cfg.lr == "auto":
         cfg, sweep = _lr_auto(cfg, backbone.model, pipeline, splits, device, dist)
@@ -206,10 +208,8 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
 
         model = model.to(memory_format=torch.channels_last)
     base = _summary_base(cfg, run, splits, backbone, costs, device)
-    if checkpoint is None:
-        base["head"] = _init_head(cfg, model, pipeline, splits, device, dist)
-    else:  # a resumed run's head is in its checkpoint; how it started is in the summary so far
-        base["head"] = (run.summary() or {}).get("head", {"head_init": cfg.head_init})
+    # how the head started: set above, or (resumed) as the summary so far says
+    base["head"] = head or (run.summary() or {}).get("head", {"head_init": cfg.head_init})
     from .loggers import make_loggers
 
     loggers = make_loggers(cfg, run, dist.main)  # rank 0 only; one that cannot start is a warning
@@ -261,13 +261,7 @@ def _lr_auto(cfg: Config, model, pipeline, splits, device, dist) -> tuple[Config
         from ..models.build import head_parameter_names
 
         log("lr: auto — sweeping the learning rate first (fastai's lr_find, valley rule)")
-        model = model.to(device)
-        if cfg.head_init == "ncm":  # sweep from the head the run starts from (set again, identically, before training)
-            from .head import init_head
-            from .loop import autocast_for
-
-            init_head(cfg, model, pipeline, splits.train, len(splits.classes), autocast_for(cfg, device))
-        sweep = sweep_lr(cfg, model, head_parameter_names(model), pipeline, splits.train, device)
+        sweep = sweep_lr(cfg, model.to(device), head_parameter_names(model), pipeline, splits.train, device)
         if not math.isfinite(sweep.suggestion):
             raise TrainingError("the lr sweep found no usable learning rate (the loss was never finite); give --lr")
         log(f"lr-find: suggested lr {sweep.suggestion:.3g} (swept {sweep.start:g} to {sweep.end:g} in {len(sweep.lrs)} steps)")
