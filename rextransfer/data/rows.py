@@ -70,8 +70,7 @@ def whole_pixels(pixels: np.ndarray, size: int, interpolation: InterpolationMode
         img = Image.fromarray(pixels).resize((width, height), TF.pil_modes_mapping[interpolation])
         x = np.asarray(img, dtype=np.uint8)
     else:  # torch's AVX2 uint8 kernel: 4-5x faster than PIL's (measured, 500x375 -> 341x256 bicubic)
-        src = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
-        x = resize_u8(src, (height, width), mode)[0].permute(1, 2, 0).numpy()
+        x = resize_u8(torch.from_numpy(pixels), (height, width), mode).numpy()
     cap = MAX_ASPECT * size
     top, left = max(0, (height - cap) // 2), max(0, (width - cap) // 2)
     return np.ascontiguousarray(x[top: top + cap, left: left + cap])
