@@ -273,6 +273,18 @@ def test_below_1000_images_the_rule_keeps_the_pretrained_features_but_not_for_a_
     assert (cold.lr, cold.head_init, cold.bn_momentum) == (folder_lr, "zero", "default")
 
 
+def test_a_few_shot_run_names_its_tier_and_the_values_it_resolved_to():
+    folder_lr = recipes.load_recipe("folder").settings["lr"]
+    note = recipes.few_shot_note(resolve(dataset="./photos", recipe="folder", n_train=63), 63)
+    assert note.startswith("folder recipe, 63 training images (< 1,000): few-shot tier")
+    assert f"lr {folder_lr / 10:g}," in note and "bn_momentum 0.01" in note and "probe_epochs 0" in note
+    assert "lr 0.01," in recipes.few_shot_note(resolve(dataset="./photos", recipe="folder", n_train=63, flags={"lr": 0.01}), 63)
+    # no line outside the tier: enough images, a scratch run, a recipe without the size rule
+    assert recipes.few_shot_note(resolve(dataset="./photos", recipe="folder", n_train=1_000), 1_000) is None
+    assert recipes.few_shot_note(resolve(dataset="./photos", recipe="folder", n_train=63, flags={"pretrained": False}), 63) is None
+    assert recipes.few_shot_note(resolve(dataset="cars", recipe="cars"), 63) is None
+
+
 @pytest.mark.parametrize("n_train, steps, epochs_at_most", [
     (1_000, 800, 100), (10_000, 4_000, 100), (30_000, 46_800, 100), (100_000, 80_000, 100), (1_000_000, 160_000, 100),
 ])

@@ -90,6 +90,9 @@ def test_fine_tuning_real_photos_beats_frozen_features_and_scratch(dogs, backbon
     assert done["pretrained"]["final"]["top1"] >= ncm_top1, (done["pretrained"]["final"], ncm_top1)
     assert tuned >= ncm - 3, (tuned, ncm)
     assert tuned >= from_scratch + 50, (tuned, from_scratch)
+    # The log says why the lr is a tenth of the recipe's (the scratch run has no tier).
+    assert "few-shot tier, lr 0.000625, bn_momentum 0.01" in pretrained.stderr, pretrained.stderr[:2000]
+    assert "few-shot tier" not in scratch.stderr
     # The run records what the weights really were.
     env = json.loads((runs / dogs.name / "pretrained" / "env.json").read_text())
     assert env["weights_file"] == str(backbone_file.resolve()) and env["weights_sha256"] == sha256(backbone_file)

@@ -158,6 +158,16 @@ def few_shot(n_train: int, pretrained: bool) -> bool:
     return pretrained and n_train < FEW_SHOT
 
 
+def few_shot_note(cfg: Config, n_train: int) -> str | None:
+    """The run log's line when a size-dependent recipe put the run in the few-shot tier (else None):
+    the values it resolved to, and where to read why."""
+    if not (uses_hyperrule(cfg.recipe) and few_shot(n_train, cfg.pretrained)):
+        return None
+    return (f"{cfg.recipe} recipe, {n_train:,} training images (< {FEW_SHOT:,}): few-shot tier, lr {cfg.lr:g}, "
+            f"bn_momentum {cfg.bn_momentum}, head_init {cfg.head_init}, probe_epochs {cfg.probe_epochs} "
+            f"(the measurements: README, Transfer on real photos; --set overrides any of them)")
+
+
 # (size below which the tier applies, BiT steps at batch 512, BiT warmup, BiT decay points, mixup)
 _BIT_TIERS = (
     (5_000, 100, 10, (20, 50, 80), 0.0),

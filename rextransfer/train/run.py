@@ -91,13 +91,16 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
     else:
         if not dataset:
             raise DataError("give a dataset name or folder, or --resume RUN_DIR")
-        from ..config.recipes import resolve_run_config
+        from ..config.recipes import few_shot_note, resolve_run_config
         from ..models.registry import finetune_defaults
 
         cfg = resolve_run_config(dataset, recipe=recipe or default_recipe_for(dataset), model_hint=None,
                                  config_file=config_file, flags=flags, sets=sets or [], count_train=count_train,
                                  backbone_defaults=finetune_defaults)
         cfg = absolute_paths(cfg)  # a folder's absolute path: evaluate and resume work from anywhere
+        note = few_shot_note(cfg, len(loaded["splits"].train)) if "splits" in loaded else None
+        if note and os.environ.get("RANK", "0") == "0":
+            log(note)
         run = RunDir(Path(cfg.runs_dir) / dataset_label(cfg.dataset) / (name or RunDir.default_name(cfg.model, cfg.width)))
         given = _result_settings(cfg)
         run.check_location()
