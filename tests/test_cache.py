@@ -57,10 +57,7 @@ def write_photos(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> l
     return paths
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("REXTRANSFER_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("cache_dir")  # every test with its own cache folder (conftest.py)
 
 
 @pytest.fixture

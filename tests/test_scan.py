@@ -86,8 +86,7 @@ BAD = {"empty-file.jpg": "empty-file", "truncated.jpg": "truncated", "not-an-ima
 
 
 @pytest.fixture
-def files(tmp_path, monkeypatch):
-    monkeypatch.setenv("REXTRANSFER_CACHE", str(tmp_path / "cache"))
+def files(tmp_path, cache_dir):
     return make_files(tmp_path / "images")
 
 
@@ -148,8 +147,7 @@ def test_bad_files_csv_lists_every_bad_file(files, tmp_path):
     assert {r["split"] for r in rows} == {"train"}
 
 
-def test_scan_command_reports_bad_files_and_exits_by_strictness(tmp_path, monkeypatch):
-    monkeypatch.setenv("REXTRANSFER_CACHE", str(tmp_path / "cache"))
+def test_scan_command_reports_bad_files_and_exits_by_strictness(tmp_path, cache_dir):
     root = tmp_path / "birds"
     for c, cls in enumerate(("crow", "wren")):
         (root / cls).mkdir(parents=True)
