@@ -142,6 +142,12 @@ def test_bn_momentum_rule():
     assert model.stem.bn.momentum == pytest.approx(0.1)
     assert apply_bn_momentum(model, Config(bn_momentum="0.05"), steps_per_epoch=8) == pytest.approx(0.05)
     assert apply_bn_momentum(model, Config(), steps_per_epoch=8) is None
+    # 0 (the few-shot tier): a training step normalises by the batch but keeps the running stats
+    assert apply_bn_momentum(model, Config(bn_momentum="0"), steps_per_epoch=8) == 0
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    model.train()(torch.randn(4, 3, 64, 64) * 3 + 1).sum().backward()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert not torch.equal(model.stem.bn.weight.grad, torch.zeros_like(model.stem.bn.weight))
 
 
 def test_torch_compile_trains(data, tmp_path):

@@ -196,7 +196,7 @@ def test_yaml_file_numbers_as_written_by_people(tmp_path):
     (["rrc_scale_min=0"], "rrc_scale_min"),
     (["crop_pct=1.5"], "crop_pct"),
     (["bn_momentum=fast"], "bn_momentum must be default, auto or a number"),
-    (["bn_momentum=1.5"], r"bn_momentum must be in \(0, 1\)"),
+    (["bn_momentum=1.5"], r"bn_momentum must be in \[0, 1\)"),
     (["warmup_steps=-1"], "warmup_steps must be >= 0"),
 ])
 def test_validate_rejects_bad_values(sets, words):

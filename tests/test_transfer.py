@@ -84,14 +84,15 @@ def test_fine_tuning_real_photos_beats_frozen_features_and_scratch(dogs, backbon
     done = {name: json.loads((runs / dogs.name / name / "summary.json").read_text()) for name in ("pretrained", "scratch")}
     tuned, from_scratch = done["pretrained"]["final"]["mean_class_acc"], done["scratch"]["final"]["mean_class_acc"]
     # The default recipe keeps what the frozen features know: its step 0 is the nearest class mean
-    # (head_init=ncm), and the few-shot tier keeps the BN statistics and a 10x smaller lr. Measured
-    # over seeds 0-3: mean per-class 86.9 / 87.7 / 86.7 / 84.4 against NCM's 87.5 (issue #16 asks
-    # for >= and stays open on that), top-1 87.5-90.6 against NCM's 85.4 (0.1.0's default: 59.4 %).
+    # (head_init=ncm), and the few-shot tier keeps the pretrained BN statistics and a 10x smaller lr.
+    # Measured over seeds 0-3: mean per-class 85.6 / 85.6 / 87.3 / 86.6 against NCM's 87.5 (issue #16
+    # asks for >= and stays open on that; one val image moves it by 1-5 points), top-1 88.5-90.6
+    # against NCM's 85.4 (0.1.0's default: 59.4 %).
     assert done["pretrained"]["final"]["top1"] >= ncm_top1, (done["pretrained"]["final"], ncm_top1)
     assert tuned >= ncm - 3, (tuned, ncm)
     assert tuned >= from_scratch + 50, (tuned, from_scratch)
     # The log says why the lr is a tenth of the recipe's (the scratch run has no tier).
-    assert "few-shot tier, lr 0.000625, bn_momentum 0.01" in pretrained.stderr, pretrained.stderr[:2000]
+    assert "few-shot tier, lr 0.000625, bn_momentum 0," in pretrained.stderr, pretrained.stderr[:2000]
     assert "few-shot tier" not in scratch.stderr
     # The run records what the weights really were.
     env = json.loads((runs / dogs.name / "pretrained" / "env.json").read_text())

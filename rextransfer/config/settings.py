@@ -73,7 +73,7 @@ class Config:
     head_lr_mult: float = 1.0         # lr multiplier of the new classifier head
     layer_decay: float = 0.0          # layer-wise lr decay (0 = off); timm param groups
     probe_epochs: int = 0             # head-only (linear probe) epochs before unfreezing
-    bn_momentum: str = "default"      # default | auto (Kornblith: max(1-10/steps_per_epoch, 0.9)) | a number
+    bn_momentum: str = "default"      # default | auto (Kornblith: max(1-10/steps_per_epoch, 0.9)) | a number in [0, 1); 0 = running stats kept
     clip_grad: float = 0.0            # max grad norm (0 = off)
     early_stop: int = 0               # stop after this many evals without headline improvement (0 = off)
     # --- run mechanics -----------------------------------------------------------------------
@@ -133,9 +133,9 @@ class Config:
             try:
                 value = float(self.bn_momentum)
             except ValueError:
-                raise UsageError(f"bn_momentum must be default, auto or a number in (0, 1); got {self.bn_momentum!r}") from None
-            if not 0 < value < 1:
-                raise UsageError(f"bn_momentum must be in (0, 1); got {value}")
+                raise UsageError(f"bn_momentum must be default, auto or a number in [0, 1); got {self.bn_momentum!r}") from None
+            if not 0 <= value < 1:
+                raise UsageError(f"bn_momentum must be in [0, 1) (0 keeps the pretrained running statistics); got {value}")
         self.micro_batch(world=1)
         return self
 
