@@ -91,6 +91,10 @@ def test_fine_tuning_real_photos_beats_frozen_features_and_scratch(dogs, backbon
     assert done["pretrained"]["final"]["top1"] >= ncm_top1, (done["pretrained"]["final"], ncm_top1)
     assert tuned >= ncm - 3, (tuned, ncm)
     assert tuned >= from_scratch + 50, (tuned, from_scratch)
+    # Training improves on where it started: the val loss falls from the first epoch to the last
+    # (measured 0.866 -> 0.804; with BN statistics drifting 1 %/step it rose, 0.877 -> 0.909).
+    losses = [json.loads(line)["eval_loss"] for line in (runs / dogs.name / "pretrained" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0] - 0.03, losses
     # The log says why the lr is a tenth of the recipe's (the scratch run has no tier).
     assert "few-shot tier, lr 0.000625, bn_momentum 0," in pretrained.stderr, pretrained.stderr[:2000]
     assert "few-shot tier" not in scratch.stderr
