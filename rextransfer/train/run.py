@@ -75,6 +75,7 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
         loaded["splits"] = get_splits(absolute_paths(data_cfg))
         return len(loaded["splits"].train)
 
+    tier = None  # a new run in a size-dependent recipe's few-shot tier: its log line
     if name is not None:
         check_name(name)
     if resume is not None:
@@ -98,9 +99,7 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
                                  config_file=config_file, flags=flags, sets=sets or [], count_train=count_train,
                                  backbone_defaults=finetune_defaults)
         cfg = absolute_paths(cfg)  # a folder's absolute path: evaluate and resume work from anywhere
-        note = few_shot_note(cfg, len(loaded["splits"].train)) if "splits" in loaded else None
-        if note and os.environ.get("RANK", "0") == "0":
-            log(note)
+        tier = few_shot_note(cfg, len(loaded["splits"].train)) if "splits" in loaded else None
         run = RunDir(Path(cfg.runs_dir) / dataset_label(cfg.dataset) / (name or RunDir.default_name(cfg.model, cfg.width)))
         given = _result_settings(cfg)
         run.check_location()
@@ -197,6 +196,8 @@ def _run_finetune(dataset: str | None, *, recipe: str | None = None, flags: dict
             run.write_lr_find(sweep)
         if any(s.bad for s in scans.values()):
             run.write_bad_files(list(scans.values()))
+        if tier:  # said once every check has passed, so that a refused run's error stays one line
+            log(tier)
         log(f"run folder: {run.path}")
 
     # 7. Train.
