@@ -274,20 +274,19 @@ def resolve_run_config(dataset: str, *, recipe: str, model_hint: str | None, con
                      doc.settings.get("model") or Config.model))
     settings, override = _layers(doc, model)
     backbone = [(backbone_defaults(model), f"backbone registry ({model_key(model)})")] if backbone_defaults else []
-    if doc.hyperrule and not n_train and count_train is not None:
-        data_cfg = Config()
-        for values, origin in [*backbone, (settings, where), (override, where), *upper]:
-            data_cfg = apply(data_cfg, values, origin)
-        n_train = count_train(apply(data_cfg, {"dataset": dataset}, "the command line"))
     lower = [*backbone, (settings, where)]
     above_rule = [(override, f"{where} models.{model_key(model)}"), *upper]
     rule = None
-    if doc.hyperrule and n_train:
-        pretrained = Config()
+    if doc.hyperrule and (n_train or count_train is not None):
+        # every layer but the rule: the data to count, and whether the run is pretrained
+        below_rule = Config()
         for values, origin in lower + above_rule:
-            pretrained = apply(pretrained, values, origin)
-        rule = hyperrule(n_train, pretrained=pretrained.pretrained)
-        lower.append((rule, f"{where} hyperrule(n_train={n_train})"))
+            below_rule = apply(below_rule, values, origin)
+        if not n_train:
+            n_train = count_train(apply(below_rule, {"dataset": dataset}, "the command line"))
+        if n_train:
+            rule = hyperrule(n_train, pretrained=below_rule.pretrained)
+            lower.append((rule, f"{where} hyperrule(n_train={n_train})"))
     layers = lower + above_rule
 
     cfg = Config()
