@@ -341,6 +341,32 @@ def whole_rows(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
     return rows
 
 
+def test_per_image_finishing_is_torchvisions_resized_crop_and_flip_exactly():
+    """The CPU placement (Finisher.samples: a TorchScript-compiled loop, so loader threads do not
+    queue for the GIL) gives, pixel for pixel, torchvision v2's uint8 resized_crop (antialiased
+    bilinear) and hflip of each box, normalised -- and the same loop run as plain Python agrees."""
+    from torchvision.transforms.v2 import functional as TF2
+
+    from rextransfer.data.augment import _finish_rows
+
+    finisher = Finisher(32, DATA_CONFIG["mean"], DATA_CONFIG["std"], False, torch.device("cpu"))
+    rows = whole_rows(16, 36)
+    u, flips = step_draws(0, 0, 0, 16, True)
+    boxes = sample_crops([r.shape[:2] for r in rows], u, (0.08, 1.0))
+    boxes[3] = None                                   # already at size: no resize
+    rows[3] = np.ascontiguousarray(rows[3][:32, :32])
+    batch = finisher.samples(rows, boxes, flips)
+    for k, (row, box, flip) in enumerate(zip(rows, boxes, flips)):
+        x = torch.from_numpy(row).permute(2, 0, 1)
+        x = TF2.resized_crop(x, *box, [32, 32], antialias=True) if box else x
+        x = TF2.horizontal_flip(x) if flip else x
+        assert torch.equal(batch[k], x.float() * finisher.scale[0] + finisher.shift[0]), k
+    plain = torch.empty_like(batch)
+    full = [list(b) if b else [0, 0, 32, 32] for b in boxes]
+    _finish_rows([torch.from_numpy(r) for r in rows], full, flips, plain, finisher.scale[0], finisher.shift[0], 32)
+    assert torch.equal(plain, batch)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_batched_crops_match_the_per_image_path(dtype):
     """Finisher.crops (GPU placement: one gather and two batched matmuls for the whole batch) and
