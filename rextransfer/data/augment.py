@@ -207,14 +207,14 @@ class Finisher:
             return flat.view(shape)
         return torch.empty(shape, dtype=torch.float32, device=device, memory_format=self.format)
 
-    def samples(self, sources: Sequence[np.ndarray], boxes: Sequence[tuple[int, int, int, int] | None],
+    def samples(self, sources: Sequence[np.ndarray | Tensor], boxes: Sequence[tuple[int, int, int, int] | None],
                 flips: Sequence[bool]) -> Tensor:
-        """Per image: uint8 [H, W, 3] source (a memmap row or a decoded array), box (top, left,
+        """Per image: uint8 [H, W, 3] source (a cache row or a decoded array), box (top, left,
         h, w) or None (already at size), flip. Each image is written into its slot of the batch
         while it is in the CPU cache (no per-image float tensors, no stacking copy)."""
         out = self._empty(len(sources))
         full = [list(box) if box is not None else [0, 0, *src.shape[:2]] for src, box in zip(sources, boxes)]
-        finish_rows()([torch.from_numpy(src) for src in sources], full, [bool(f) for f in flips],
+        finish_rows()([torch.as_tensor(src) for src in sources], full, [bool(f) for f in flips],
                       out, self.scale[0], self.shift[0], self.size)
         return out
 

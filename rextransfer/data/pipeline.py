@@ -131,7 +131,7 @@ class _CacheBatches:
         if self.finisher is not None:
             if boxes is None:
                 boxes = [center_box(*self.cache.sizes[r], self.img_size) for r in rows]
-            return Loaded(self.finisher.samples([self.cache.row(r) for r in rows], boxes, flips), y, "done")
+            return Loaded(self.finisher.samples(self.cache.rows(rows), boxes, flips), y, "done")
         y = y.pin_memory() if self.pin else y
         if boxes is None:
             return Loaded(self.cache.gather(rows, pin=self.pin), y, "center")
