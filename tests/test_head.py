@@ -41,6 +41,18 @@ def test_an_ncm_head_predicts_at_step_0_exactly_what_nearest_class_mean_predicts
     assert torch.equal(logits.argmax(1), nearest)
     # The temperature makes the start confident but not saturated: a finite training loss.
     assert 0 < fitted["head_train_loss"] < 1.5 and fitted["head_temperature"] > 0
+    # ... fitted leave-one-out: each image scored against its own class's mean without it (as an
+    # unseen image would be), here from explicit distances; the chosen temperature is the grid's
+    # best (its neighbours on the grid, 10**(1/8) apart, do worse) and its loss is the recorded one.
+    x, sq = xtr.double(), torch.cdist(xtr.double(), means.double()).square()
+    for i, c in enumerate(ytr.tolist()):
+        own = ytr == c
+        sq[i, c] = (x[i] - (x[own].sum(0) - x[i]) / (own.sum() - 1)).square().sum()
+    def loo_loss(t):  # NCM logits are -|x - mean|^2 up to a per-image constant
+        return torch.nn.functional.cross_entropy(-sq * t, ytr, label_smoothing=0.1).item()
+    t = fitted["head_temperature"]
+    assert loo_loss(t) == pytest.approx(fitted["head_train_loss"], rel=1e-4)
+    assert loo_loss(t) < min(loo_loss(t * 10 ** 0.125), loo_loss(t / 10 ** 0.125))
 
 
 def test_zero_and_random_heads_are_what_the_names_say(data):

@@ -195,6 +195,8 @@ class Finisher:
         self.scale, self.shift = 1.0 / (255.0 * std_t), -mean_t / std_t
         self.size = img_size
         self.format = torch.channels_last if channels_last else torch.contiguous_format
+        if torch.device(device).type == "cpu":
+            finish_rows()  # compiled once here: forked loader workers inherit it, not compile it every epoch
 
     def _empty(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         shape = (n, 3, self.size, self.size)

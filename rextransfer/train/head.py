@@ -8,12 +8,13 @@ the exact linear form of a nearest-class-mean classifier:
 
 so the run's step 0 already predicts what nearest-class-mean on the backbone's frozen features
 predicts, and fine-tuning starts from there instead of from uniform predictions. The temperature
-t is the one (on a log grid) with the lowest cross-entropy on the training features themselves;
-nothing of the evaluation split is looked at. The features are the penultimate ones (timm's
-forward_head(pre_logits=True)) of the training images under the evaluation preprocessing, in
-eval mode: one inference pass over the training set before the first step, read from the files
-(not worth a second pixel cache of the training set on disk). Under several
-processes each rank reads its shard and the sums are all-reduced, so every rank sets the same head.
+t is the one (on a log grid) with the lowest leave-one-out cross-entropy on the training features
+(each image against its own class's mean without it); nothing of the evaluation split is looked
+at. The features are the penultimate ones (timm's forward_head(pre_logits=True)) of the training
+images under the evaluation preprocessing, in eval mode: one inference pass over the training set
+before the first step, read from the files (not worth a second pixel cache of the training set
+on disk). Under several processes each rank reads its shard and the sums are all-reduced, so every
+rank sets the same head.
 """
 
 from __future__ import annotations
@@ -59,9 +60,17 @@ def init_head(cfg, model: nn.Module, pipeline: Any, samples: Any, num_classes: i
     means = (sums / counts[:, None]).float()
     weight, bias = 2 * means, -means.square().sum(1)
     logits = x @ weight.T + bias
+    # The temperature is fitted leave-one-out: an image's own class mean without that image (a
+    # mean over 3 images that includes the image sits a third of the way to it, so the fit would
+    # find the training set easy and pick a head far sharper than unseen images warrant).
+    own = counts[y] > 1
+    loo_means = ((sums[y] - x.double()) / (counts[y] - 1).clamp(min=1)[:, None]).float()
+    loo_own = 2 * (loo_means * x).sum(1) - loo_means.square().sum(1)
+    fit_logits = logits.clone()
+    fit_logits[own, y[own]] = loo_own[own]
     unit = 1.0 / (scale[0] / scale[1]).item()
     temps = [unit * 10 ** k for k in LOG10_T]
-    losses = torch.stack([F.cross_entropy(logits * t, y, reduction="sum", label_smoothing=cfg.label_smoothing)
+    losses = torch.stack([F.cross_entropy(fit_logits * t, y, reduction="sum", label_smoothing=cfg.label_smoothing)
                           for t in temps]).double()
     _all_reduce(dist, losses)
     best = int(losses.argmin())
