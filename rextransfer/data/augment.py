@@ -9,9 +9,10 @@
   `get_params` draws from the global RNG).
 * The `Finisher`: uint8 pixels -> the model's normalised float input, in two placements with the
   same arithmetic: `samples` crops and resizes image by image (CPU device: in the loader threads,
-  torch's uint8 antialiased kernel, in a TorchScript-compiled loop that holds no GIL), `crops` does a whole batch of whole images in batched ops
-  on the device (GPU: two batched matmuls with per-sample antialiased-bilinear resampling matrices,
-  the exact filter of `samples`, so CPU and GPU runs augment alike).
+  torch's uint8 antialiased kernel, in a TorchScript-compiled loop that holds no GIL), `crops`
+  does a whole batch of whole images in batched ops on the device (GPU: two batched matmuls with
+  per-sample antialiased-bilinear resampling matrices, the exact filter of `samples`, so CPU and
+  GPU runs augment alike).
 """
 
 from __future__ import annotations

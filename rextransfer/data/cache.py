@@ -138,7 +138,6 @@ class PixelCache:
         self.labels = labels
         self.spec = spec
         self._flat: np.ndarray | None = None
-        self._flat_tensor: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -160,9 +159,7 @@ class PixelCache:
     def rows(self, rows: np.ndarray) -> list[torch.Tensor]:
         """Samples' uint8 [h, w, 3] pixels as tensors over the map, without copying (a tensor view
         costs ~2 us of Python; a numpy memmap slice and reshape ~15 us, per image per batch)."""
-        if self._flat_tensor is None:
-            self._flat_tensor = torch.from_numpy(self.flat())
-        flat = self._flat_tensor
+        flat = torch.from_numpy(self.flat())
         return [flat[f: f + h * w * 3].view(h, w, 3) for f, h, w in self.index[rows].tolist()]
 
     def gather(self, rows: np.ndarray, pin: bool = False) -> torch.Tensor:

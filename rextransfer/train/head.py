@@ -62,7 +62,8 @@ def init_head(cfg, model: nn.Module, pipeline: Any, samples: Any, num_classes: i
     logits = x @ weight.T + bias
     # The temperature is fitted leave-one-out: an image's own class mean without that image (a
     # mean over 3 images that includes the image sits a third of the way to it, so the fit would
-    # find the training set easy and pick a head far sharper than unseen images warrant).
+    # see margins wider than unseen images have and pick a head too soft for them: measured on
+    # 63 dog photos, temperature 0.0032 -> 0.0043, val loss 0.80 -> 0.59).
     own = counts[y] > 1
     loo_means = ((sums[y] - x.double()) / (counts[y] - 1).clamp(min=1)[:, None]).float()
     loo_own = 2 * (loo_means * x).sum(1) - loo_means.square().sum(1)
