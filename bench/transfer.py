@@ -21,6 +21,7 @@ its wall time is that process's, start-up and evaluation included.
     .venv/bin/python bench/transfer.py --photos ../shared/real-photos --out bench/results/transfer
     .venv/bin/python bench/transfer.py --only hand,default
     .venv/bin/python bench/transfer.py --splits 10        # NCM vs default on 10 random 3-shot splits
+    .venv/bin/python bench/transfer.py --splits 20 --first-seed 10 --set clip_grad=0   # others, another setting
 
 Writes transfer.md (the table), transfer.json and transfer.png (accuracy against wall time) to --out.
 """
@@ -217,18 +218,20 @@ def run(args) -> list[dict]:
 
 
 def run_splits(args) -> list[dict]:
-    """Nearest class mean and the default recipe on --splits random 3-shot splits (seeds 0..N-1):
+    """Nearest class mean and the default recipe (plus any --set) on --splits random 3-shot splits
+    (seeds --first-seed onwards):
     how the two compare beyond the one fixed split, whose 96 val photos let one photo move mean
     per-class accuracy by 1-5 points."""
     work, env, imported = prepare("rextransfer-splits-", args.wheel_cache)
     sizes = ["--img-size", str(args.img_size), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
     rows = []
-    for seed in range(args.splits):
+    sets = [arg for value in args.set for arg in ("--set", value)]
+    for seed in range(args.first_seed, args.first_seed + args.splits):
         data = split_dogs(Path(args.photos), work / f"split{seed}" / "dogs", seed=seed)
         done, _ = _timed([sys.executable, str(Path(__file__).resolve()), "--frozen", str(data), str(imported), *sizes], env)
         ncm = json.loads(done.stdout.strip().splitlines()[-1])["ncm"]
         _timed([sys.executable, "-m", "rextransfer.cli", "finetune", str(data), "--model", MODEL, *sizes, "--device", "cpu",
-                "--weights", str(imported), "--runs-dir", str(work / "runs"), "--name", f"default-{seed}"], env)
+                "--weights", str(imported), "--runs-dir", str(work / "runs"), "--name", f"default-{seed}", *sets], env)
         tuned = json.loads((work / "runs" / "dogs" / f"default-{seed}" / "summary.json").read_text())["final"]
         rows.append({"split_seed": seed, "n_val": sum(1 for _ in (data / "val").rglob("*") if _.is_file()),
                      "ncm_mean_class_acc": ncm["mean_class_acc"], "ncm_top1": ncm["top1"],
@@ -242,7 +245,8 @@ def report_splits(rows: list[dict], args, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"Dog breeds (21 classes, {SHOTS} random training photos per breed, the rest val; {args.photos}), {MODEL} "
              f"ImageNet backbone, {args.img_size} px, {args.epochs} epochs, batch {args.batch_size}, CPU; "
-             f"`bench/transfer.py --splits {args.splits}`.", "",
+             f"`bench/transfer.py --splits {args.splits} --first-seed {args.first_seed}"
+             + "".join(f" --set {value}" for value in args.set) + "`.", "",
              "| split seed | val photos | NCM mean per-class % | default mean per-class % | NCM top-1 % | default top-1 % |",
              "|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -303,6 +307,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help=f"comma list of {', '.join(METHODS)}")
     parser.add_argument("--splits", type=int, default=0,
                         help="instead: NCM vs the default recipe on this many random 3-shot splits (splits.md)")
+    parser.add_argument("--first-seed", type=int, default=0, help="with --splits: the first split's seed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --splits: a setting for the default's runs, as finetune --set (repeatable)")
     parser.add_argument("--frozen", nargs=2, metavar=("DATA", "WEIGHTS"), help=argparse.SUPPRESS)
     parser.add_argument("--hand", nargs=2, metavar=("DATA", "WEIGHTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -260,9 +260,10 @@ def test_hyperrule_changes_at_each_size_threshold():
 
 def test_below_1000_images_the_rule_keeps_the_pretrained_features_but_not_for_a_scratch_run():
     few, more, scratch = recipes.hyperrule(999), recipes.hyperrule(1_000), recipes.hyperrule(999, pretrained=False)
-    assert (few["head_init"], few["probe_epochs"], few["bn_momentum"], few["head_lr_mult"]) == ("ncm", 0, "0", 0.1)
-    assert (more["head_init"], more["probe_epochs"], "bn_momentum" in more, "head_lr_mult" in more) == ("ncm", 1, False, False)
-    assert (scratch["head_init"], scratch["probe_epochs"], "bn_momentum" in scratch, "head_lr_mult" in scratch) == ("zero", 1, False, False)
+    assert (few["head_init"], few["probe_epochs"], few["bn_momentum"], few["head_lr_mult"], few["clip_grad"]) == ("ncm", 0, "0", 0.1, 10.0)
+    for other in (more, scratch):  # none of the tier's settings above it, nor from scratch
+        assert not {"bn_momentum", "head_lr_mult", "clip_grad"} & set(other), other
+    assert (more["head_init"], more["probe_epochs"], scratch["head_init"], scratch["probe_epochs"]) == ("ncm", 1, "zero", 1)
     assert recipes.hyperrule(20_000)["head_init"] == "zero"
     # The lr: a tenth of the recipe's, unless set explicitly or from scratch.
     folder_lr = recipes.load_recipe("folder").settings["lr"]
@@ -270,17 +271,22 @@ def test_below_1000_images_the_rule_keeps_the_pretrained_features_but_not_for_a_
     assert resolve(dataset="./photos", recipe="folder", n_train=1_000).lr == folder_lr
     assert resolve(dataset="./photos", recipe="folder", n_train=63, flags={"lr": 0.01}).lr == 0.01
     cold = resolve(dataset="./photos", recipe="folder", n_train=63, flags={"pretrained": False})
-    assert (cold.lr, cold.head_init, cold.bn_momentum, cold.head_lr_mult) == (folder_lr, "zero", "default", 1.0)
+    assert (cold.lr, cold.head_init, cold.bn_momentum, cold.head_lr_mult, cold.clip_grad) == (folder_lr, "zero", "default", 1.0, 0.0)
     # The head's lr multiplier: the tier's, unless set explicitly.
     assert resolve(dataset="./photos", recipe="folder", n_train=63).head_lr_mult == 0.1
     assert resolve(dataset="./photos", recipe="folder", n_train=63, sets=["head_lr_mult=1"]).head_lr_mult == 1.0
+    # The gradient clipping: the tier's, unless set explicitly (0 = off); none at 1,000 images.
+    assert resolve(dataset="./photos", recipe="folder", n_train=63).clip_grad == 10.0
+    assert resolve(dataset="./photos", recipe="folder", n_train=63, sets=["clip_grad=0"]).clip_grad == 0.0
+    assert resolve(dataset="./photos", recipe="folder", n_train=1_000).clip_grad == 0.0
 
 
 def test_a_few_shot_run_names_its_tier_and_the_values_it_resolved_to():
     folder_lr = recipes.load_recipe("folder").settings["lr"]
     note = recipes.few_shot_note(resolve(dataset="./photos", recipe="folder", n_train=63), 63)
     assert note.startswith("folder recipe, 63 training images (< 1,000): few-shot tier")
-    assert f"lr {folder_lr / 10:g}," in note and "bn_momentum 0," in note and "head_lr_mult 0.1," in note and "probe_epochs 0" in note
+    assert f"lr {folder_lr / 10:g}," in note and "bn_momentum 0," in note and "head_lr_mult 0.1," in note and "clip_grad 10," in note
+    assert "probe_epochs 0" in note
     assert "lr 0.01," in recipes.few_shot_note(resolve(dataset="./photos", recipe="folder", n_train=63, flags={"lr": 0.01}), 63)
     # no line outside the tier: enough images, a scratch run, a recipe without the size rule
     assert recipes.few_shot_note(resolve(dataset="./photos", recipe="folder", n_train=1_000), 1_000) is None
