@@ -84,16 +84,18 @@ def test_fine_tuning_real_photos_beats_frozen_features_and_scratch(dogs, backbon
     done = {name: json.loads((runs / dogs.name / name / "summary.json").read_text()) for name in ("pretrained", "scratch")}
     tuned, from_scratch = done["pretrained"]["final"]["mean_class_acc"], done["scratch"]["final"]["mean_class_acc"]
     # The default recipe keeps what the frozen features know: its step 0 is the nearest class mean
-    # (head_init=ncm), and the few-shot tier keeps the pretrained BN statistics, a 10x smaller lr and
-    # a 10x slower head. Measured on this split over seeds 0-3: mean per-class 85.2 / 86.9 / 86.0 / ...
-    # against NCM's 87.5 (issue #16 asks for >=; one val image moves it by 1-5 points; over 10 random
-    # 3-shot splits the default is level with NCM: 88.3 against 88.3, bench/transfer.py --splits 10),
-    # top-1 87.5-89.6 against NCM's 85.4 (0.1.0's default: 59.4 %).
+    # (head_init=ncm), and the few-shot tier keeps the pretrained BN statistics, a 10x smaller lr, a
+    # 10x slower head and clips the gradient norm. Measured on this split over seeds 0-3: mean
+    # per-class 85.2 / 86.9 / 86.0 / 82.6 against NCM's 87.5 (issue #16 asks for >=; the gap is one
+    # photo, the only val photo of its breed, which NCM gets right and the fine-tunes do not: 4.8
+    # points; over 30 random 3-shot splits the default is 0.3 +- 0.4 above NCM, 87.6 against 87.3:
+    # bench/results/transfer/few-shot-bn-study.md), top-1 87.5 / 89.6 / 88.5 / 84.4 against NCM's
+    # 85.4 (0.1.0's default: 59.4 %).
     assert done["pretrained"]["final"]["top1"] >= ncm_top1, (done["pretrained"]["final"], ncm_top1)
     assert tuned >= ncm - 3, (tuned, ncm)
     assert tuned >= from_scratch + 50, (tuned, from_scratch)
     # Training improves on where it started: the val loss falls from the first epoch to the last
-    # (measured 0.664 -> 0.639; with the head at the full lr 0.641 -> 0.597; with BN statistics
+    # (measured 0.664 -> 0.640; with the head at the full lr 0.641 -> 0.597; with BN statistics
     # drifting 1 %/step it rose, 0.877 -> 0.909).
     losses = [json.loads(line)["eval_loss"] for line in (runs / dogs.name / "pretrained" / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0] - 0.015, losses
