@@ -170,9 +170,11 @@ HYPERRULE_MAX_EPOCHS = 100
 # (top-1 88.0 against 87.3); 86.8 without the clipping.
 FEW_SHOT = 1_000
 FEW_SHOT_LR_FACTOR = 0.1    # x the recipe's lr
-FEW_SHOT_BN_MOMENTUM = 0    # BN running stats stay the pretrained ones (PyTorch's default moves them 10 %/step)
-FEW_SHOT_HEAD_LR_MULT = 0.1  # the head's lr, x the backbone's: keep the class-mean start
-FEW_SHOT_CLIP_GRAD = 10.0   # max global grad norm: cuts the rare spiking step (measured above), not the others
+FEW_SHOT_SETTINGS = {       # the tier's settings besides the lr (hyperrule() sets them, the run's log names them)
+    "bn_momentum": "0",     # BN running stats stay the pretrained ones (PyTorch's default moves them 10 %/step)
+    "head_lr_mult": 0.1,    # the head's lr, x the backbone's: keep the class-mean start
+    "clip_grad": 10.0,      # max global grad norm: cuts the rare spiking step (measured above), not the others
+}
 
 
 def few_shot(n_train: int, pretrained: bool) -> bool:
@@ -186,9 +188,13 @@ def few_shot_note(cfg: Config, n_train: int) -> str | None:
     if not (uses_hyperrule(cfg.recipe) and few_shot(n_train, cfg.pretrained)):
         return None
     return (f"{cfg.recipe} recipe, {n_train:,} training images (< {FEW_SHOT:,}): few-shot tier, lr {cfg.lr:g}, "
-            f"bn_momentum {cfg.bn_momentum}, head_lr_mult {cfg.head_lr_mult:g}, clip_grad {cfg.clip_grad:g}, "
-            f"head_init {cfg.head_init}, probe_epochs {cfg.probe_epochs} "
+            + "".join(f"{key} {_plain(getattr(cfg, key))}, " for key in FEW_SHOT_SETTINGS)
+            + f"head_init {cfg.head_init}, probe_epochs {cfg.probe_epochs} "
             f"(the measurements: README, Transfer on real photos; --set overrides any of them)")
+
+
+def _plain(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 # (size below which the tier applies, BiT steps at batch 512, BiT warmup, BiT decay points, mixup)
@@ -249,8 +255,7 @@ def hyperrule(n_train: int, pretrained: bool = True) -> dict:
         "head_init": "ncm" if n_train < 20_000 and pretrained else "zero",
         "probe_epochs": 0 if tiny else 1 if n_train < 20_000 else 0,
         "eval_every": max(1, round(epochs / 10)),
-        **({"bn_momentum": str(FEW_SHOT_BN_MOMENTUM), "head_lr_mult": FEW_SHOT_HEAD_LR_MULT,
-            "clip_grad": FEW_SHOT_CLIP_GRAD} if tiny else {}),
+        **(FEW_SHOT_SETTINGS if tiny else {}),
     }
 
 
